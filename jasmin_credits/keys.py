@@ -1,0 +1,86 @@
+"""Every Redis key jasmin-credits uses, named in one place.
+
+All keys of one user share the hash tag ``{u:<uid>}``, so one user's keys land on one
+cluster slot and a Lua script that touches only one user's keys stays slot-local. A few
+small index keys are global (the set of wallets, users with open reservations, the
+message-id links written by settlement): jasmin-credits needs a single Redis server or a
+primary with replicas, like Jasmin itself, not a Redis Cluster.
+
+Jasmin stores ``dlr:*``, ``queue-msgid:*`` and ``longDeliverSm:*`` in db 0; every key here
+starts with the configured prefix (default ``jc``), so the two never collide.
+"""
+
+from __future__ import annotations
+
+import re
+
+_UID = re.compile(r"^[^\s{}:]{1,64}$")
+
+
+def check_uid(uid: str) -> str:
+    """Return ``uid`` if it can name a wallet, else raise ValueError.
+
+    Jasmin uids are short words; braces, colons and spaces would break the key scheme.
+    """
+    if not isinstance(uid, str) or not _UID.match(uid):
+        raise ValueError(f"invalid user id {uid!r}: 1-64 characters, no spaces, braces or colons")
+    return uid
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    def __init__(self, prefix: str = "jc"):
+        if not prefix or any(c in prefix for c in " {}"):
+            raise ValueError(f"invalid key prefix {prefix!r}")
+        self.prefix = prefix
+        self.wallets = f"{prefix}:wallets"
+        """Set of uids that have a wallet."""
+        self.open_users = f"{prefix}:open-users"
+        """Set of uids with at least one unsettled reservation (the sweeper's work list)."""
+        self.assignments = f"{prefix}:card-assignments"
+        """Hash ``u:<uid>`` / ``g:<gid>`` -> rate card name, set from jCli."""
+        self.reload_channel = f"{prefix}:reload"
+        """Pub/sub channel telling every gateway to re-read rate cards."""
+
+    def user(self, uid: str) -> str:
+        """The common start of every key of ``uid``."""
+        return f"{self.prefix}:{{u:{uid}}}"
+
+    def wallet(self, uid: str) -> str:
+        return f"{self.user(uid)}:wallet"
+
+    def log(self, uid: str) -> str:
+        """Stream: the credit log (every balance change)."""
+        return f"{self.user(uid)}:log"
+
+    def events(self, uid: str) -> str:
+        """Stream: the events log (top-ups, limits, low balance, refunds, plan runs)."""
+        return f"{self.user(uid)}:events"
+
+    def usage(self, uid: str, period_id: str) -> str:
+        """Hash ``credits``/``msgs`` used in one calendar period (expires after it)."""
+        return f"{self.user(uid)}:use:{period_id}"
+
+    def reservation(self, uid: str, ref: str) -> str:
+        return f"{self.user(uid)}:res:{ref}"
+
+    def open(self, uid: str) -> str:
+        """Sorted set of this user's unsettled reservation refs, scored by creation ms."""
+        return f"{self.user(uid)}:open"
+
+    def op(self, uid: str, op_id: str) -> str:
+        """Idempotency record of one top-up or adjustment."""
+        return f"{self.user(uid)}:op:{op_id}"
+
+    def concat(self, uid: str, concat_id: str) -> str:
+        """Pointer from a concatenated SMPP message to the reservation of all its parts."""
+        return f"{self.user(uid)}:cc:{concat_id}"
+
+    def plan(self, uid: str) -> str:
+        """Hash: the wallet's automatic top-up plan."""
+        return f"{self.user(uid)}:plan"
+
+    def message(self, msgid: str) -> str:
+        """Link from a Jasmin message id to ``uid ref parts`` (written at queueing)."""
+        return f"{self.prefix}:msg:{msgid}"

@@ -1,0 +1,220 @@
+"""``jasmin-credits-jasmind``: Jasmin's jasmind with our corrections and the credits hooks.
+
+Same flags as ``jasmind.py`` (its ``Options`` class), same lock file, signal handling and start
+sequence, plus:
+
+* ``--credits-config PATH`` (or ``JASMIN_CREDITS_CONFIG``): load a
+  :class:`jasmin_credits.runtime.CreditsRuntime` and plug it in (see :class:`CreditsJasminDaemon`);
+* ``--lock-file PATH`` (default ``/tmp/jasmind``, like jasmind) so a test gateway can run
+  beside another jasmind;
+* ``--tcp-nodelay``: set TCP_NODELAY on accepted SMPP server connections (Twisted leaves
+  Nagle on, which adds up to 40 ms per message above ~20 msg/s).
+
+At start the Jasmin corrections of :mod:`jasmin_credits.jasmin_fixes` are applied (only those the
+installed Jasmin needs). Without a credits config it behaves exactly like ``jasmind.py`` plus
+those corrections.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from jasmin.bin.jasmind import JasminDaemon, Options
+from lockfile import AlreadyLocked, FileLock, LockTimeout
+from twisted.internet import defer, reactor
+from twisted.python import usage
+
+from jasmin_credits import jasmin_fixes
+
+CONFIG_ENV = "JASMIN_CREDITS_CONFIG"
+DEFAULT_LOCK = "/tmp/jasmind"
+
+
+class CreditsOptions(Options):
+    """jasmind's options plus ``--credits-config``, ``--lock-file`` and ``--tcp-nodelay``."""
+
+    optParameters = [
+        *Options.optParameters,
+        ["credits-config", None, None,
+         f"jasmin-credits configuration file (default: ${CONFIG_ENV}, else none)"],
+        ["lock-file", None, DEFAULT_LOCK, "lock file preventing two daemons (like jasmind)"],
+    ]
+    optFlags = [
+        *Options.optFlags,
+        ["tcp-nodelay", None, "Set TCP_NODELAY on accepted SMPP server connections"],
+    ]
+
+
+class CreditsJasminDaemon(JasminDaemon):
+    """jasmind's daemon with the credits runtime plugged in at Jasmin's own seams.
+
+    ``runtime`` (optional) must provide ``start()`` and ``stop()`` returning Deferreds,
+    ``in_process`` (bool), ``make_interceptor_client()``, ``install_jcli(factory)`` and
+    ``install_http(http_api_resource)``. Hook order in :meth:`start`: Jasmin corrections,
+    ``runtime.start()`` (a failure stops the daemon with exit code 1), then jasmind's own
+    start, during which the in-process interceptor client replaces Jasmin's PB client (and is
+    handed by jasmind to the SMPP server factory, the HTTP API and the SMPP client manager),
+    and ``install_jcli``/``install_http`` run right after their factories are built.
+    ``runtime.stop()`` runs before reactor shutdown, after jasmind stopped its services.
+    """
+
+    def __init__(self, opt: Any, runtime: Any = None) -> None:
+        super().__init__(opt)
+        self.runtime = runtime
+        self.exit_code = 0
+        self._runtime_started = False
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        """Apply the corrections, start the runtime, then jasmind's services."""
+        applied = jasmin_fixes.apply()
+        if applied:
+            self.log.info("  Jasmin corrections applied: %s", ", ".join(applied))
+        if self.runtime is not None:
+            try:
+                yield self.runtime.start()
+            except Exception as error:
+                self.log.critical("  Cannot start credits runtime: %s", error)
+                self.exit_code = 1
+                reactor.stop()
+                return
+            self._runtime_started = True
+            reactor.addSystemEventTrigger("before", "shutdown", self._stop_runtime)
+            self.log.info("  Credits runtime started.")
+            if self.runtime.in_process and not self.options["enable-interceptor-client"]:
+                self.log.info("  In-process interceptor: enabling the interceptor client.")
+                self.options["enable-interceptor-client"] = True
+        yield super().start()
+
+    def _stop_runtime(self) -> Any:
+        if not self._runtime_started:
+            return None
+        self._runtime_started = False
+        self.log.info("  Stopping credits runtime.")
+        return defer.maybeDeferred(self.runtime.stop).addErrback(
+            lambda failure: self.log.error("  Credits runtime stop failed: %s", failure.value))
+
+    def _in_process(self) -> bool:
+        return self.runtime is not None and bool(self.runtime.in_process)
+
+    def startInterceptorPBClient(self) -> Any:  # noqa: N802 - jasmind API
+        """Use the runtime's in-process interceptor client when it has one, else Jasmin's."""
+        if self._in_process():
+            self.components["interceptor-pb-client"] = self.runtime.make_interceptor_client()
+            return defer.succeed(None)
+        return super().startInterceptorPBClient()
+
+    def stopInterceptorPBClient(self) -> Any:  # noqa: N802 - jasmind API
+        """Disconnect the interceptor client (an in-process one only if it can)."""
+        client = self.components["interceptor-pb-client"]
+        if self._in_process():
+            disconnect = getattr(client, "disconnect", None)
+            return disconnect() if disconnect is not None else None
+        return super().stopInterceptorPBClient()
+
+    def startSMPPServerService(self) -> None:  # noqa: N802 - jasmind API
+        """jasmind's SMPP server, optionally with TCP_NODELAY on accepted connections."""
+        super().startSMPPServerService()
+        if self.options["tcp-nodelay"]:
+            set_tcp_nodelay_on_accept(self.components["smpp-server-factory"])
+
+    def startHTTPApiService(self) -> None:  # noqa: N802 - jasmind API
+        """jasmind's HTTP API, then ``runtime.install_http(http_api_resource)``."""
+        super().startHTTPApiService()
+        if self.runtime is not None:
+            self.runtime.install_http(self.components["http-api-factory"])
+
+    def startJCliService(self) -> None:  # noqa: N802 - jasmind API
+        """jasmind's jCli, then ``runtime.install_jcli(jcli_factory)``.
+
+        The factory is installed before the reactor gets a chance to accept a connection.
+        """
+        super().startJCliService()
+        factory = self.components["jcli-server"].factory
+        self.components["jcli-factory"] = factory
+        if self.runtime is not None:
+            self.runtime.install_jcli(factory)
+
+
+def set_tcp_nodelay_on_accept(factory: Any) -> None:
+    """Make every protocol ``factory`` builds set TCP_NODELAY on its transport."""
+    build = factory.buildProtocol
+
+    def build_protocol(addr: Any) -> Any:
+        proto = build(addr)
+        if proto is not None:
+            made = proto.connectionMade
+
+            def connection_made() -> None:
+                try:
+                    proto.transport.setTcpNoDelay(True)
+                except Exception:  # pragma: no cover - not a TCP transport
+                    pass
+                made()
+
+            proto.connectionMade = connection_made
+        return proto
+
+    factory.buildProtocol = build_protocol
+
+
+def load_runtime(path: str) -> Any:
+    """Build the credits runtime from its configuration file (``ConfigError`` if invalid)."""
+    from jasmin_credits.runtime import CreditsRuntime
+
+    return CreditsRuntime.from_config_file(path)
+
+
+def main(argv: list[str] | None = None,
+         runtime_loader: Callable[[str], Any] = load_runtime) -> None:
+    """Run the daemon like jasmind's ``__main__`` block; exit 2 on a bad configuration.
+
+    ``runtime_loader`` builds the runtime from the ``--credits-config`` path (a seam for tests).
+    """
+    lock = None
+    exit_code = 0
+    try:
+        options = CreditsOptions()
+        options.parseOptions(argv)
+        credits_config = options["credits-config"] or os.environ.get(CONFIG_ENV) or None
+        runtime = None
+        if credits_config:
+            from jasmin_credits.errors import ConfigError
+
+            try:
+                runtime = runtime_loader(credits_config)
+            except ConfigError as error:
+                print(f"{sys.argv[0]}: {error}", file=sys.stderr)
+                raise SystemExit(2) from None
+        # Must not be executed simultaneously (c.f. jasmin #265)
+        lock = FileLock(options["lock-file"])
+        lock.acquire(timeout=2)
+        daemon = CreditsJasminDaemon(options, runtime)
+        signal.signal(signal.SIGINT, daemon.sighandler_stop)
+        signal.signal(signal.SIGTERM, daemon.sighandler_stop)
+        daemon.start()
+        reactor.run()
+        exit_code = daemon.exit_code
+    except usage.UsageError as errortext:
+        print(f"{sys.argv[0]}: {errortext}")
+        print(f"{sys.argv[0]}: Try --help for usage details.")
+        exit_code = 2
+    except LockTimeout:
+        print("Lock not acquired ! exiting")
+        exit_code = 1
+    except AlreadyLocked:
+        print("There's another instance on jasmind running, exiting.")
+        exit_code = 1
+    finally:
+        if lock is not None and lock.i_am_locking():
+            lock.release()
+    if exit_code:
+        raise SystemExit(exit_code)
+
+
+if __name__ == "__main__":
+    main()

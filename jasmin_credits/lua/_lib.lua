@@ -1,0 +1,48 @@
+-- _lib: helpers prepended to every jasmin-credits script (not a script of its own).
+-- Money is integers of the minor unit; Lua numbers are doubles, exact to 2^53.
+local function int(v)
+  return tonumber(v) or 0
+end
+
+local function s(n)
+  return string.format('%d', n)
+end
+
+-- Append one entry to a stream, trimming entries older than retention_ms. Stream ids come
+-- from Redis's clock, so the trimming point does too (entries carry our clock as 'ts').
+local function xadd(key, retention_ms, fields)
+  local t = redis.call('TIME')
+  local minid = math.max(0, int(t[1]) * 1000 + math.floor(int(t[2]) / 1000) - int(retention_ms))
+  local args = {'XADD', key, 'MINID', '~', s(minid), '*'}
+  for i = 1, #fields do
+    args[#args + 1] = fields[i]
+  end
+  return redis.call(unpack(args))
+end
+
+-- Low-balance alert: one event per downward crossing of the threshold; any change that
+-- brings the available credit back to the threshold or above re-arms it.
+local function check_low(wallet, events, retention_ms, now)
+  local w = redis.call('HMGET', wallet, 'balance', 'reserved', 'low_balance', 'low_armed')
+  if not w[3] or w[3] == '' then
+    return
+  end
+  local available = int(w[1]) - int(w[2])
+  if available < int(w[3]) then
+    if w[4] ~= '0' then
+      redis.call('HSET', wallet, 'low_armed', '0')
+      xadd(events, retention_ms, {'ts', now, 'type', 'low_balance', 'balance', w[1],
+        'available', s(available), 'threshold', w[3]})
+    end
+  elseif w[4] == '0' then
+    redis.call('HSET', wallet, 'low_armed', '1')
+  end
+end
+
+-- Add delta to a usage field if the period's key still exists: a late refund must not
+-- recreate an expired period key without its TTL.
+local function unuse(key, field, delta)
+  if delta ~= 0 and redis.call('EXISTS', key) == 1 then
+    redis.call('HINCRBY', key, field, delta)
+  end
+end

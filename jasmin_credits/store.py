@@ -1,0 +1,545 @@
+"""Wallets, reservations, the credit log and the events log, in Redis.
+
+Every change of money is one Lua script call (``jasmin_credits/lua``), atomic on the
+server and idempotent on its id:
+
+- ``reserve`` holds credits for a message (idempotent on the reservation ref). The
+  balance does not move yet: ``available = balance - reserved (+ overdraft)`` does.
+- ``link`` records that Jasmin queued parts of it under a message id.
+- ``commit`` charges what left (balance falls, a ``charge`` entry with the message id is
+  logged); ``refund`` gives back held or charged credits (a ``refund`` entry when money
+  had been charged); ``release``/``expire`` are the sweeper's timeouts.
+- ``top_up`` adds or subtracts credits by hand or by plan (idempotent on its op id).
+
+So the credit log holds exactly the changes of the balance and always sums to it, and a
+message that never left is never charged. Period usage (limits) counts at reservation and
+is given back by refunds.
+
+Time comes from the injected ``clock`` (``seconds()``); every call to Redis has a timeout
+(``call_timeout``) and fails with :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+
+from .errors import Refusal, StoreUnavailable, UnknownWallet
+from .keys import Keys, check_uid
+from .periods import Period, periods_at
+from .scripts import RedisClient, Scripts
+
+DAY_MS = 86_400_000
+
+# Wallet hash fields a caller may set through configure().
+LIMIT_FIELDS = {
+    (kind, period): f"lim:{kind}:{period}"
+    for kind in ("credits", "msgs")
+    for period in ("day", "week", "month")
+}
+SETTING_FIELDS = frozenset({"overdraft", "low_balance", *LIMIT_FIELDS.values()})
+
+# Script status codes that are not refusals.
+OK, NO_WALLET, CONCAT_ELSEWHERE, CONCAT_PART_SEEN = 0, 8, 20, 21
+UNKNOWN_RESERVATION, WALLET_REMOVED, RESERVATIONS_OPEN = 30, 31, 40
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """Retention and timing of the store; see the configuration reference."""
+
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    call_timeout: float = 2.0
+    log_retention: timedelta = timedelta(days=400)
+    events_retention: timedelta = timedelta(days=90)
+    op_ttl: timedelta = timedelta(days=35)
+    reservation_ttl: timedelta = timedelta(days=8)
+    message_link_ttl: timedelta = timedelta(days=8)
+    pending_outcome_ttl: timedelta = timedelta(hours=6)
+    concat_ttl: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Concat:
+    """A part of a concatenated SMPP message: all parts share one reservation."""
+
+    key: str
+    """Identifies the message: source, destination, reference and part count."""
+    seq: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Hold:
+    """The answer to :meth:`CreditStore.reserve`."""
+
+    refusal: Refusal | None
+    ref: str
+    amount: int
+    balance: int
+    reserved: int
+    overdraft: int
+    no_wallet: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.refusal is None and not self.no_wallet
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The answer to a settlement operation."""
+
+    found: bool
+    changed: int
+    """Balance change made by this call (negative: charged)."""
+    balance: int
+    reserved: int
+    open_parts: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Credits and messages used in one period, with its limits."""
+
+    period: Period
+    credits: int
+    msgs: int
+    credit_limit: int | None
+    msg_limit: int | None
+
+
+@dataclass(frozen=True)
+class Wallet:
+    """One user's wallet as read at one moment."""
+
+    uid: str
+    balance: int
+    reserved: int
+    overdraft: int
+    low_balance: int | None
+    usage: tuple[Usage, Usage, Usage]
+    created_ms: int
+
+    @property
+    def available(self) -> int:
+        """What can still be reserved: balance minus held credits plus overdraft."""
+        return self.balance - self.reserved + self.overdraft
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One entry of the credit log or the events log (``fields`` holds the rest)."""
+
+    id: str
+    ts_ms: int
+    type: str
+    fields: dict[str, str]
+
+    def int_field(self, name: str) -> int:
+        value = self.fields.get(name, "")
+        return int(value) if value.lstrip("-").isdigit() else 0
+
+
+def new_ref(now_ms: int) -> str:
+    """A reservation ref: creation time (so its periods are derivable) and 48 random bits."""
+    return f"{now_ms}-{secrets.token_hex(6)}"
+
+
+def created_ms(ref: str) -> int:
+    """The creation time encoded in a reservation ref."""
+    head, _, _ = ref.partition("-")
+    if not head.isdigit():
+        raise ValueError(f"not a reservation ref: {ref!r}")
+    return int(head)
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+class CreditStore:
+    """The credit engine's Redis side. All public methods are coroutines."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        clock: IReactorTime,
+        reactor: IReactorTime,
+        keys: Keys | None = None,
+        settings: StoreSettings | None = None,
+    ):
+        self.redis = redis
+        self.clock = clock
+        self.reactor = reactor
+        self.keys = keys or Keys()
+        self.settings = settings or StoreSettings()
+        self.scripts = Scripts()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    async def _call(self, deferred: Deferred) -> Any:
+        deferred.addTimeout(self.settings.call_timeout, self.reactor)
+        try:
+            return await deferred
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"Redis did not answer within {self.settings.call_timeout}s"
+            ) from None
+        except ConnectionError as error:
+            raise StoreUnavailable(f"Redis connection failed: {error}") from None
+        except Exception as error:
+            if type(error).__name__ in ("ConnectionError", "RedisError", "ResponseError"):
+                # txredisapi's own ConnectionError is not the builtin one
+                raise StoreUnavailable(f"Redis error: {error}") from None
+            raise
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._call(Deferred.fromCoroutine(script(self.redis, keys, args)))
+
+    async def _command(self, *args: Any) -> Any:
+        return await self._call(self.redis.execute_command(*args))
+
+    def _usage_keys(self, uid: str, at_ms: int) -> tuple[list[str], tuple[Period, ...]]:
+        periods = periods_at(at_ms / 1000, self.settings.timezone)
+        return [self.keys.usage(uid, p.id) for p in periods], periods
+
+    # -- reserving ----------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        uid: str,
+        unit_price: int,
+        parts: int,
+        *,
+        messages: int = 1,
+        concat: Concat | None = None,
+        ref: str | None = None,
+        country: str = "",
+        destination: str = "",
+        prefix: str = "",
+        card: str = "",
+    ) -> Hold:
+        """Hold ``unit_price * parts`` credits of ``uid`` for one message.
+
+        Answers a :class:`Hold`: ``ok``, ``no_wallet``, or the ``refusal`` (insufficient
+        credit, or which limit). Repeating it with the same ``ref`` holds nothing more.
+        For a part of a concatenated message (``concat``), the first part to arrive holds
+        all ``concat.total`` parts and the others claim that one reservation.
+        """
+        check_uid(uid)
+        if unit_price < 0 or parts < 1:
+            raise ValueError("unit price must be >= 0 and parts >= 1")
+        now = self.now_ms()
+        ref = ref or new_ref(now)
+        if concat:
+            parts = max(concat.total, 1)
+        for _ in range(3):
+            at = created_ms(ref)
+            usage_keys, periods = self._usage_keys(uid, at)
+            keys = [
+                self.keys.wallet(uid),
+                self.keys.reservation(uid, ref),
+                *usage_keys,
+                self.keys.events(uid),
+                self.keys.open(uid),
+                self.keys.open_users,
+                self.keys.concat(uid, concat.key) if concat else self.keys.concat(uid, "-"),
+            ]
+            args = [
+                uid, ref, unit_price, parts, messages, now,
+                *(max(1, p.expire_at_ms - now) for p in periods),
+                _ms(self.settings.reservation_ttl),
+                _ms(self.settings.events_retention),
+                "c" if concat else "", concat.seq if concat else 0,
+                _ms(self.settings.concat_ttl),
+                country, destination, prefix, card,
+            ]
+            status, got_ref, amount, balance, reserved, overdraft = await self._run(
+                self.scripts.reserve, keys, args
+            )
+            if status == CONCAT_ELSEWHERE:
+                ref = got_ref
+                continue
+            if status == CONCAT_PART_SEEN:
+                # The same part number again: the client sends a new message that reuses
+                # the reference. It starts a reservation of its own.
+                ref = new_ref(now)
+                concat = Concat(f"{concat.key}:{ref}", concat.seq, concat.total)
+                continue
+            refusal = None if status in (OK, NO_WALLET) else Refusal(status)
+            return Hold(refusal, got_ref, amount, balance, reserved, overdraft,
+                        no_wallet=status == NO_WALLET)
+        raise StoreUnavailable("concatenated message reservation kept moving; retry")
+
+    # -- settling -----------------------------------------------------------------------
+
+    async def _settle(
+        self, uid: str, ref: str, action: str, *, msgid: str = "", parts: int = 0,
+        reason: str = "", actor: str = "",
+    ) -> Settled:
+        now = self.now_ms()
+        usage_keys, _ = self._usage_keys(uid, created_ms(ref))
+        keys = [
+            self.keys.wallet(uid),
+            self.keys.reservation(uid, ref),
+            *usage_keys,
+            self.keys.log(uid),
+            self.keys.events(uid),
+            self.keys.open(uid),
+            self.keys.open_users,
+            self.keys.message(msgid or "-"),
+        ]
+        args = [
+            uid, ref, action, msgid, parts, reason, actor, now,
+            _ms(self.settings.log_retention),
+            _ms(self.settings.events_retention),
+            _ms(self.settings.message_link_ttl),
+        ]
+        status, changed, balance, reserved, open_parts = await self._run(
+            self.scripts.settle, keys, args
+        )
+        return Settled(status == OK, changed, balance, reserved, open_parts)
+
+    async def link(self, uid: str, ref: str, msgid: str, parts: int) -> Settled:
+        """Jasmin queued ``parts`` parts of reservation ``ref`` under message id ``msgid``."""
+        if not msgid:
+            raise ValueError("link needs a message id")
+        return await self._settle(uid, ref, "link", msgid=msgid, parts=parts)
+
+    async def commit(self, uid: str, ref: str, msgid: str = "") -> Settled:
+        """Charge the parts queued under ``msgid`` (or every held part): they left."""
+        return await self._settle(uid, ref, "commit", msgid=msgid)
+
+    async def refund(
+        self, uid: str, ref: str, reason: str, *, msgid: str = "", actor: str = "system"
+    ) -> Settled:
+        """Give back the parts of ``msgid`` (or all of ``ref``), held or already charged."""
+        return await self._settle(uid, ref, "refund", msgid=msgid, reason=reason, actor=actor)
+
+    async def release(self, uid: str, ref: str) -> Settled:
+        """Give back the parts of ``ref`` that were never queued."""
+        return await self._settle(uid, ref, "release")
+
+    async def expire(self, uid: str, ref: str, unanswered: str) -> Settled:
+        """Release unqueued parts and settle unanswered ones (``commit`` or ``refund``)."""
+        if unanswered not in ("commit", "refund"):
+            raise ValueError("unanswered must be 'commit' or 'refund'")
+        return await self._settle(uid, ref, "expire", reason=unanswered)
+
+    async def settle_message(self, msgid: str, sent: bool, reason: str = "") -> Settled | None:
+        """Settle by Jasmin message id alone (a ``dlr.submit_sm_resp`` event).
+
+        If the message is not linked yet, the outcome is kept and the link applies it.
+        Answers None when the outcome was kept (or the message is not ours).
+        """
+        outcome = "c" if sent else "r"
+        linked, value = await self._run(
+            self.scripts.outcome,
+            [self.keys.message(msgid)],
+            [outcome, reason, _ms(self.settings.pending_outcome_ttl)],
+        )
+        if not linked:
+            return None
+        uid, ref, _parts = value.split(" ")
+        if sent:
+            return await self.commit(uid, ref, msgid)
+        return await self.refund(uid, ref, reason, msgid=msgid)
+
+    async def message_link(self, msgid: str) -> tuple[str, str] | None:
+        """``(uid, ref)`` of a linked message id, or None."""
+        value = await self._command("GET", self.keys.message(msgid))
+        if not value or value.startswith("!"):
+            return None
+        uid, ref, _ = value.split(" ")
+        return uid, ref
+
+    # -- wallets ------------------------------------------------------------------------
+
+    async def top_up(
+        self, uid: str, amount: int, *, op_id: str, actor: str, reason: str = "",
+        kind: str = "topup", create: bool = True,
+    ) -> tuple[int, bool]:
+        """Add ``amount`` (negative subtracts) to the balance, once per ``op_id``.
+
+        Answers ``(balance, repeated)``; ``repeated`` is True when ``op_id`` was already
+        applied (nothing changed). Raises :class:`UnknownWallet` if there is no wallet and
+        ``create`` is False.
+        """
+        check_uid(uid)
+        if kind not in ("topup", "adjust", "plan"):
+            raise ValueError(f"unknown top-up kind {kind!r}")
+        now = self.now_ms()
+        status, balance, repeated = await self._run(
+            self.scripts.topup,
+            [self.keys.wallet(uid), self.keys.log(uid), self.keys.events(uid),
+             self.keys.op(uid, op_id), self.keys.wallets],
+            [uid, int(amount), op_id, actor, reason, now, kind,
+             _ms(self.settings.log_retention),
+             _ms(self.settings.events_retention),
+             _ms(self.settings.op_ttl), "1" if create else "0"],
+        )
+        if status == NO_WALLET:
+            raise UnknownWallet(f"user {uid} has no wallet")
+        return balance, bool(repeated)
+
+    async def configure(self, uid: str, settings: dict[str, int | None], *,
+                        create: bool = True) -> None:
+        """Set wallet fields (``overdraft``, ``low_balance``, ``lim:<credits|msgs>:<period>``).
+
+        ``None`` clears a limit or threshold. One atomic call; an event records the change.
+        """
+        check_uid(uid)
+        unknown = set(settings) - SETTING_FIELDS
+        if unknown:
+            raise ValueError(f"unknown wallet settings: {', '.join(sorted(unknown))}")
+        pairs: list[str] = []
+        for name, value in settings.items():
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None")
+            if name == "overdraft" and value is None:
+                value = 0
+            pairs += [name, "" if value is None else str(value)]
+        now = self.now_ms()
+        (status,) = await self._run(
+            self.scripts.configure,
+            [self.keys.wallet(uid), self.keys.events(uid), self.keys.wallets],
+            [uid, now, _ms(self.settings.events_retention),
+             "1" if create else "0", *pairs],
+        )
+        if status == NO_WALLET:
+            raise UnknownWallet(f"user {uid} has no wallet")
+
+    async def remove(self, uid: str, actor: str) -> int:
+        """Delete the wallet of ``uid`` (its logs stay). Answers the balance it had."""
+        check_uid(uid)
+        now = self.now_ms()
+        status, balance = await self._run(
+            self.scripts.remove,
+            [self.keys.wallet(uid), self.keys.events(uid), self.keys.wallets,
+             self.keys.open(uid), self.keys.plan(uid)],
+            [uid, now, _ms(self.settings.events_retention), actor],
+        )
+        if status == NO_WALLET:
+            raise UnknownWallet(f"user {uid} has no wallet")
+        if status == RESERVATIONS_OPEN:
+            raise ValueError(f"user {uid} has messages in flight; remove the wallet later")
+        return balance
+
+    async def wallet(self, uid: str) -> Wallet | None:
+        """Read one wallet with its usage in the current periods, or None."""
+        check_uid(uid)
+        usage_keys, periods = self._usage_keys(uid, self.now_ms())
+        # One round trip: MULTI/EXEC is overkill for a read; Lua is not needed either.
+        raw = await self._command("HGETALL", self.keys.wallet(uid))
+        if not raw:
+            return None
+        used = [await self._command("HMGET", key, "credits", "msgs") for key in usage_keys]
+        return _wallet(uid, raw, periods, used)
+
+    async def wallets(self) -> list[str]:
+        """Every uid with a wallet, sorted."""
+        return sorted(await self._command("SMEMBERS", self.keys.wallets))
+
+    async def open_reservations(self, uid: str, older_than_ms: int) -> list[str]:
+        """Refs of ``uid`` still unsettled and created before ``older_than_ms``."""
+        return await self._command("ZRANGEBYSCORE", self.keys.open(uid), "-inf",
+                                   f"({older_than_ms}")
+
+    async def users_with_open_reservations(self) -> list[str]:
+        return sorted(await self._command("SMEMBERS", self.keys.open_users))
+
+    async def reservation(self, uid: str, ref: str) -> dict[str, str]:
+        """The raw reservation record (for display and tests)."""
+        return _pairs(await self._command("HGETALL", self.keys.reservation(uid, ref)))
+
+    # -- logs ---------------------------------------------------------------------------
+
+    async def _read_stream(self, key: str, since_ms: int | None, until_ms: int | None,
+                           types: frozenset[str] | None, count: int,
+                           before: str | None) -> tuple[list[LogEntry], str | None]:
+        end = f"({before}" if before else (str(until_ms) if until_ms is not None else "+")
+        start = str(since_ms) if since_ms is not None else "-"
+        entries: list[LogEntry] = []
+        cursor = end
+        while len(entries) < count:
+            batch = await self._command("XREVRANGE", key, cursor, start, "COUNT",
+                                        max(count * 2, 50))
+            if not batch:
+                return entries, None
+            for entry_id, flat in batch:
+                entry = _entry(entry_id, flat)
+                if types is None or entry.type in types:
+                    entries.append(entry)
+                    if len(entries) == count:
+                        return entries, entry_id
+            cursor = f"({batch[-1][0]}"
+        return entries, None
+
+    async def log(self, uid: str, *, since_ms: int | None = None, until_ms: int | None = None,
+                  types: frozenset[str] | None = None, count: int = 50,
+                  before: str | None = None) -> tuple[list[LogEntry], str | None]:
+        """Credit log of ``uid``, newest first: ``(entries, cursor for the next page)``."""
+        return await self._read_stream(self.keys.log(uid), since_ms, until_ms, types, count,
+                                       before)
+
+    async def events(self, uid: str, *, since_ms: int | None = None,
+                     until_ms: int | None = None, types: frozenset[str] | None = None,
+                     count: int = 50, before: str | None = None,
+                     ) -> tuple[list[LogEntry], str | None]:
+        """Events log of ``uid``, newest first: ``(entries, cursor for the next page)``."""
+        return await self._read_stream(self.keys.events(uid), since_ms, until_ms, types,
+                                       count, before)
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    if isinstance(flat, dict):
+        return {str(k): str(v) for k, v in flat.items()}
+    return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat or []), 2)}
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value in (None, "") else int(value)
+
+
+def _wallet(uid: str, raw: Any, periods: tuple[Period, ...], used: list[Any]) -> Wallet:
+    w = _pairs(raw)
+    usage = tuple(
+        Usage(
+            period=p,
+            credits=int(u[0] or 0),
+            msgs=int(u[1] or 0),
+            credit_limit=_opt_int(w.get(LIMIT_FIELDS["credits", p.kind])),
+            msg_limit=_opt_int(w.get(LIMIT_FIELDS["msgs", p.kind])),
+        )
+        for p, u in zip(periods, used, strict=True)
+    )
+    return Wallet(
+        uid=uid,
+        balance=int(w.get("balance", 0)),
+        reserved=int(w.get("reserved", 0)),
+        overdraft=int(w.get("overdraft", 0)),
+        low_balance=_opt_int(w.get("low_balance")),
+        usage=usage,  # type: ignore[arg-type]
+        created_ms=int(w.get("created", 0)),
+    )
+
+
+def _entry(entry_id: str, flat: Any) -> LogEntry:
+    fields = _pairs(flat)
+    return LogEntry(
+        id=entry_id,
+        ts_ms=int(fields.pop("ts", "0") or 0),
+        type=fields.pop("type", ""),
+        fields=fields,
+    )
