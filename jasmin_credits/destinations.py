@@ -23,9 +23,7 @@ def normalise(raw: bytes | str) -> str:
     elif isinstance(raw, str):
         text = raw
     else:
-        raise InvalidDestination(
-            f"destination must be text or bytes, got {type(raw).__name__}"
-        )
+        raise InvalidDestination(f"destination must be text or bytes, got {type(raw).__name__}")
     digits = "".join(text.split()).translate(_SEPARATORS)
     if digits.startswith("+"):
         digits = digits[1:]

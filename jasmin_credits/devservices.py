@@ -238,3 +238,16 @@ class RabbitMQServer:
         except ProcessLookupError:
             pass
         self.process.wait()
+
+    def queue_consumers(self) -> dict[str, int]:
+        """Queue name → number of consumers, on vhost ``/`` (``rabbitmqctl list_queues``)."""
+        done = self._ctl("list_queues", "-q", "--no-table-headers", "name", "consumers",
+                         timeout=30)
+        if done.returncode != 0:
+            return {}
+        queues = {}
+        for line in done.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                queues[parts[0]] = int(parts[1])
+        return queues

@@ -37,14 +37,13 @@ DEFAULT_LOCK = "/tmp/jasmind"
 class CreditsOptions(Options):
     """jasmind's options plus ``--credits-config``, ``--lock-file`` and ``--tcp-nodelay``."""
 
+    # twisted.python.usage accumulates these lists along the class hierarchy.
     optParameters = [
-        *Options.optParameters,
         ["credits-config", None, None,
          f"jasmin-credits configuration file (default: ${CONFIG_ENV}, else none)"],
         ["lock-file", None, DEFAULT_LOCK, "lock file preventing two daemons (like jasmind)"],
     ]
     optFlags = [
-        *Options.optFlags,
         ["tcp-nodelay", None, "Set TCP_NODELAY on accepted SMPP server connections"],
     ]
 

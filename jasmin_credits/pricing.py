@@ -70,7 +70,9 @@ class Pricer:
             name = self._default_card
         return None if name is None else self._cards[name]
 
-    def quote(self, uid: str | None, gid: str | None, destination: bytes | str, parts: Parts) -> Quote:
+    def quote(
+        self, uid: str | None, gid: str | None, destination: bytes | str, parts: Parts
+    ) -> Quote:
         """Price ``parts`` to ``destination`` for user ``uid`` in group ``gid``.
 
         Raises :class:`InvalidDestination` when the destination is not an E.164 number,
@@ -102,7 +104,9 @@ class Pricer:
             total=rate.unit_price * parts.parts,
         )
 
-    def quote_text(self, uid: str | None, gid: str | None, destination: bytes | str, text: str) -> Quote:
+    def quote_text(
+        self, uid: str | None, gid: str | None, destination: bytes | str, text: str
+    ) -> Quote:
         """Price ``text`` to ``destination``, counting its parts with :func:`count_text`."""
         return self.quote(uid, gid, destination, count_text(text))
 

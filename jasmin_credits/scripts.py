@@ -35,8 +35,9 @@ class Script:
     async def __call__(self, redis: RedisClient, keys: list[str], args: list[Any]) -> Any:
         try:
             return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except Exception as error:  # txredisapi raises ResponseError("NOSCRIPT ...")
-            if "NOSCRIPT" not in str(error):
+        except Exception as error:
+            # txredisapi: ResponseError("NOSCRIPT ..."); redis-py: NoScriptError
+            if "NOSCRIPT" not in str(error) and type(error).__name__ != "NoScriptError":
                 raise
         await redis.execute_command("SCRIPT", "LOAD", self.source)
         return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)

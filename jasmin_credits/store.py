@@ -463,6 +463,23 @@ class CreditStore:
         """The raw reservation record (for display and tests)."""
         return _pairs(await self._command("HGETALL", self.keys.reservation(uid, ref)))
 
+    # -- rate card assignments (set from jCli, shared by every gateway) -------------------
+
+    async def card_assignments(self) -> dict[str, str]:
+        """Card names by ``u:<uid>`` / ``g:<gid>``."""
+        return _pairs(await self._command("HGETALL", self.keys.assignments))
+
+    async def set_card_assignment(self, field: str, card: str | None) -> None:
+        """Assign (or with None, unassign) a card to ``u:<uid>`` or ``g:<gid>``."""
+        if card is None:
+            await self._command("HDEL", self.keys.assignments, field)
+        else:
+            await self._command("HSET", self.keys.assignments, field, card)
+
+    async def announce_reload(self, what: str) -> None:
+        """Tell every gateway on this Redis to re-read its cards or assignments."""
+        await self._command("PUBLISH", self.keys.reload_channel, what)
+
     # -- logs ---------------------------------------------------------------------------
 
     async def _read_stream(self, key: str, since_ms: int | None, until_ms: int | None,

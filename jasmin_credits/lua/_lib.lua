@@ -43,6 +43,6 @@ end
 -- recreate an expired period key without its TTL.
 local function unuse(key, field, delta)
   if delta ~= 0 and redis.call('EXISTS', key) == 1 then
-    redis.call('HINCRBY', key, field, delta)
+    redis.call('HINCRBY', key, field, s(delta))
   end
 end

@@ -80,10 +80,10 @@ for i = 1, 3 do
   end
 end
 
-redis.call('HINCRBY', KEYS[1], 'reserved', amount)
+redis.call('HINCRBY', KEYS[1], 'reserved', s(amount))
 for i = 1, 3 do
-  redis.call('HINCRBY', KEYS[2 + i], 'credits', amount)
-  redis.call('HINCRBY', KEYS[2 + i], 'msgs', msgs)
+  redis.call('HINCRBY', KEYS[2 + i], 'credits', s(amount))
+  redis.call('HINCRBY', KEYS[2 + i], 'msgs', s(msgs))
   redis.call('PEXPIRE', KEYS[2 + i], ARGV[6 + i])
 end
 redis.call('HSET', KEYS[2], 'uid', uid, 'unit', s(unit), 'parts', s(parts),

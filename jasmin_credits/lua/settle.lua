@@ -49,8 +49,8 @@ local function charge(from, parts, id)
   local amount = parts * unit
   counts[from] = counts[from] - parts
   counts.committed = counts.committed + parts
-  redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
-  redis.call('HINCRBY', KEYS[1], 'balance', -amount)
+  redis.call('HINCRBY', KEYS[1], 'reserved', s(-amount))
+  redis.call('HINCRBY', KEYS[1], 'balance', s(-amount))
   changed = changed - amount
   ledger('charge', -amount, id, parts, '')
 end
@@ -61,11 +61,11 @@ local function give_back(from, parts, id, reason)
   counts[from] = counts[from] - parts
   counts.refunded = counts.refunded + parts
   if from == 'committed' then
-    redis.call('HINCRBY', KEYS[1], 'balance', amount)
+    redis.call('HINCRBY', KEYS[1], 'balance', s(amount))
     changed = changed + amount
     ledger('refund', amount, id, parts, reason)
   else
-    redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
+    redis.call('HINCRBY', KEYS[1], 'reserved', s(-amount))
   end
   for i = 3, 5 do
     unuse(KEYS[i], 'credits', -amount)
@@ -116,7 +116,7 @@ if action == 'link' then
   if late > 0 then
     -- Queued after its hold was released (queueing slower than the release timeout, or
     -- more parts than the client announced): hold again, so what left is still charged.
-    redis.call('HINCRBY', KEYS[1], 'reserved', late * unit)
+    redis.call('HINCRBY', KEYS[1], 'reserved', s(late * unit))
     for i = 3, 5 do
       unuse(KEYS[i], 'credits', late * unit)
     end

@@ -1,0 +1,344 @@
+"""The one YAML configuration file of jasmin-credits, validated at load.
+
+Found by ``--credits-config PATH`` or the ``JASMIN_CREDITS_CONFIG`` environment variable.
+Every problem raises :class:`~jasmin_credits.errors.ConfigError` naming the file, the key
+and what is wrong; nothing starts with a half-valid configuration. See README.md,
+"Configuration reference", and ``config/credits.yaml`` for every key with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from smpp.pdu.constants import command_status_name_map
+
+from .errors import ConfigError, Refusal
+from .store import StoreSettings
+
+ENV_VAR = "JASMIN_CREDITS_CONFIG"
+
+# Refusal statuses. SMPP codes must be ones Jasmin's SMPP stack knows (others become
+# ESME_RSYSERR, which clients retry forever). Permanent refusals use ESME_RX_P_APPN
+# (0x65, "permanent application error": do not retry); limits use ESME_RX_T_APPN
+# (0x64, "temporary": retry after the period resets); destinations use ESME_RINVDSTADR
+# as Jasmin does for "no route"; a store outage uses ESME_RMSGQFUL (0x14, retry later).
+DEFAULT_STATUSES: dict[Refusal, tuple[str, int]] = {
+    Refusal.INSUFFICIENT_CREDIT: ("ESME_RX_P_APPN", 402),
+    Refusal.DAILY_CREDIT_LIMIT: ("ESME_RX_T_APPN", 429),
+    Refusal.WEEKLY_CREDIT_LIMIT: ("ESME_RX_T_APPN", 429),
+    Refusal.MONTHLY_CREDIT_LIMIT: ("ESME_RX_T_APPN", 429),
+    Refusal.DAILY_MESSAGE_LIMIT: ("ESME_RX_T_APPN", 429),
+    Refusal.WEEKLY_MESSAGE_LIMIT: ("ESME_RX_T_APPN", 429),
+    Refusal.MONTHLY_MESSAGE_LIMIT: ("ESME_RX_T_APPN", 429),
+    Refusal.NO_WALLET: ("ESME_RX_P_APPN", 402),
+    Refusal.NOT_PRICED: ("ESME_RINVDSTADR", 412),
+    Refusal.INVALID_DESTINATION: ("ESME_RINVDSTADR", 400),
+    Refusal.STORE_UNAVAILABLE: ("ESME_RMSGQFUL", 503),
+}
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    password: str | None = None
+    db: int = 0
+    key_prefix: str = "jc"
+    poolsize: int = 4
+    connect_timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class AmqpConfig:
+    host: str = "127.0.0.1"
+    port: int = 5672
+    vhost: str = "/"
+    username: str = "guest"
+    password: str = "guest"
+    heartbeat: int = 0
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a client is told for one refusal reason."""
+
+    smpp: int
+    smpp_name: str
+    http: int
+
+
+@dataclass(frozen=True)
+class SettlementConfig:
+    enabled: bool = True
+    queue_prefix: str = "jasmin_credits"
+    unqueued_timeout: float = 600.0
+    unanswered_timeout: float = 86_400.0
+    unanswered_policy: str = "refund"
+    dlr_refund: frozenset[str] = frozenset()
+    sweep_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class CardsConfig:
+    files: tuple[Path, ...] = ()
+    default: str | None = None
+    users: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CreditsConfig:
+    """Everything the YAML file says, with defaults filled in."""
+
+    source: str = "<defaults>"
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    amqp: AmqpConfig = field(default_factory=AmqpConfig)
+    decimals: int = 4
+    display_decimals: int | None = 2
+    currency: str = "credits"
+    store: StoreSettings = field(default_factory=StoreSettings)
+    missing_wallet: str = "pass"
+    on_store_error: str = "refuse"
+    charge_in_process: bool = True
+    statuses: dict[Refusal, Status] = field(default_factory=dict)
+    cards: CardsConfig = field(default_factory=CardsConfig)
+    settlement: SettlementConfig = field(default_factory=SettlementConfig)
+
+    def status(self, refusal: Refusal) -> Status:
+        """The SMPP and HTTP status for ``refusal``."""
+        return self.statuses[refusal]
+
+
+class _Section:
+    """Typed reads from one mapping of the file, with errors naming the key."""
+
+    def __init__(self, source: str, data: Any, path: str = ""):
+        self.source, self.path = source, path
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, path or "(top level)", "must be a mapping of keys")
+        self.data = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), problem)
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        """The value of ``name``; an absent key or an empty value (``key:``) is the default."""
+        self.used.add(name)
+        value = self.data.get(name)
+        return default if value is None else value
+
+    def section(self, name: str) -> _Section:
+        return _Section(self.source, self.raw(name), self.key(name))
+
+    def string(self, name: str, default: str | None, choices: tuple[str, ...] = ()) -> Any:
+        value = self.raw(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.error(name, f"must be a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def integer(self, name: str, default: int | None, low: int = 0, high: int = 2**53) -> Any:
+        value = self.raw(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.error(name, f"must be a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.error(name, f"must be a positive number of seconds, got {value!r}")
+        return float(value)
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false, got {value!r}")
+        return value
+
+    def mapping(self, name: str) -> dict[str, str]:
+        value = self.raw(name, {}) or {}
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str | int) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise self.error(name, "must map ids to card names")
+        return {str(k): v for k, v in value.items()}
+
+    def finish(self) -> None:
+        """Refuse keys nobody read: a typo must not silently fall back to a default."""
+        unknown = sorted(set(map(str, self.data)) - self.used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _statuses(section: _Section) -> dict[Refusal, Status]:
+    statuses = {}
+    for refusal, (smpp_default, http_default) in DEFAULT_STATUSES.items():
+        entry = section.section(refusal.label)
+        smpp = entry.raw("smpp", smpp_default)
+        if isinstance(smpp, str):
+            if smpp not in command_status_name_map:
+                raise entry.error("smpp", f"unknown SMPP status {smpp!r}")
+            code, name = command_status_name_map[smpp], smpp
+        elif isinstance(smpp, int) and not isinstance(smpp, bool):
+            names = [n for n, v in command_status_name_map.items() if v == smpp]
+            if not names or smpp == 0:
+                raise entry.error("smpp", f"{smpp:#x} is not an SMPP status Jasmin can send")
+            code, name = smpp, names[0]
+        else:
+            raise entry.error("smpp", f"must be an SMPP status name or number, got {smpp!r}")
+        if code == 0x08:
+            raise entry.error("smpp", "ESME_RSYSERR makes clients retry forever; choose another")
+        http = entry.integer("http", http_default, 400, 599)
+        entry.finish()
+        statuses[refusal] = Status(code, name, http)
+    section.finish()
+    return statuses
+
+
+def _timezone(section: _Section) -> ZoneInfo:
+    name = section.string("timezone", "UTC")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise section.error("timezone", f"unknown timezone {name!r}") from None
+
+
+def parse_config(data: Any, source: str, base_dir: Path | None = None) -> CreditsConfig:
+    """Validate a parsed YAML document; ``base_dir`` resolves relative card paths."""
+    top = _Section(source, data)
+    base_dir = base_dir or Path.cwd()
+
+    r = top.section("redis")
+    redis = RedisConfig(
+        host=r.string("host", "127.0.0.1"),
+        port=r.integer("port", 6379, 1, 65535),
+        password=r.string("password", None),
+        db=r.integer("db", 0, 0, 15),
+        key_prefix=r.string("key_prefix", "jc"),
+        poolsize=r.integer("poolsize", 4, 1, 64),
+        connect_timeout=r.seconds("connect_timeout", 2.0),
+    )
+    if any(c in redis.key_prefix for c in " {}"):
+        raise r.error("key_prefix", "must not contain spaces or braces")
+    call_timeout = r.seconds("timeout", 2.0)
+    r.finish()
+
+    a = top.section("amqp")
+    amqp = AmqpConfig(
+        host=a.string("host", "127.0.0.1"),
+        port=a.integer("port", 5672, 1, 65535),
+        vhost=a.string("vhost", "/"),
+        username=a.string("username", "guest"),
+        password=a.string("password", "guest"),
+        heartbeat=a.integer("heartbeat", 0, 0, 3600),
+        connect_timeout=a.seconds("connect_timeout", 5.0),
+    )
+    a.finish()
+
+    m = top.section("money")
+    decimals = m.integer("decimals", 4, 0, 8)
+    display = m.integer("display_decimals", min(2, decimals), 0, decimals)
+    currency = m.string("currency", "credits")
+    m.finish()
+
+    timezone = _timezone(top)
+
+    ret = top.section("retention")
+    store = StoreSettings(
+        timezone=timezone,
+        call_timeout=call_timeout,
+        log_retention=timedelta(days=ret.integer("log_days", 400, 1, 100_000)),
+        events_retention=timedelta(days=ret.integer("events_days", 90, 1, 100_000)),
+    )
+    ret.finish()
+
+    w = top.section("wallets")
+    missing_wallet = w.string("missing", "pass", ("pass", "refuse"))
+    w.finish()
+
+    c = top.section("charging")
+    in_process = c.string("mode", "in-process", ("in-process", "interceptor-pb")) == "in-process"
+    on_store_error = c.string("on_store_error", "refuse", ("refuse", "pass"))
+    statuses = _statuses(c.section("statuses"))
+    c.finish()
+
+    k = top.section("cards")
+    files_raw = k.raw("files", [])
+    if not isinstance(files_raw, list) or not all(isinstance(f, str) for f in files_raw):
+        raise k.error("files", "must be a list of rate card file paths")
+    files = tuple((base_dir / f).resolve() for f in files_raw)
+    for i, path in enumerate(files):
+        if not path.is_file():
+            raise k.error(f"files[{i}]", f"no such file: {path}")
+    cards = CardsConfig(
+        files=files,
+        default=k.string("default", None),
+        users=k.mapping("users"),
+        groups=k.mapping("groups"),
+    )
+    k.finish()
+
+    s = top.section("settlement")
+    dlr_refund = s.raw("dlr_refund", []) or []
+    if not isinstance(dlr_refund, list) or not all(isinstance(x, str) for x in dlr_refund):
+        raise s.error("dlr_refund", "must be a list of DLR stats such as [UNDELIV, REJECTD]")
+    settlement = SettlementConfig(
+        enabled=s.boolean("enabled", True),
+        queue_prefix=s.string("queue_prefix", "jasmin_credits"),
+        unqueued_timeout=s.seconds("unqueued_timeout", 600.0),
+        unanswered_timeout=s.seconds("unanswered_timeout", 86_400.0),
+        unanswered_policy=s.string("unanswered_policy", "refund", ("refund", "commit")),
+        dlr_refund=frozenset(x.upper() for x in dlr_refund),
+        sweep_interval=s.seconds("sweep_interval", 30.0),
+    )
+    if settlement.unanswered_timeout <= settlement.unqueued_timeout:
+        raise s.error("unanswered_timeout", "must be longer than unqueued_timeout")
+    s.finish()
+    top.finish()
+
+    return CreditsConfig(
+        source=source, redis=redis, amqp=amqp, decimals=decimals, display_decimals=display,
+        currency=currency, store=store, missing_wallet=missing_wallet,
+        on_store_error=on_store_error, charge_in_process=in_process, statuses=statuses,
+        cards=cards, settlement=settlement,
+    )
+
+
+def load_config(path: str | os.PathLike | None = None) -> CreditsConfig:
+    """Read and validate the config file at ``path`` (or ``$JASMIN_CREDITS_CONFIG``)."""
+    if path is None:
+        path = os.environ.get(ENV_VAR)
+        if not path:
+            raise ConfigError(ENV_VAR, "", "no config file given (--credits-config or "
+                              f"${ENV_VAR})")
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as error:
+        raise ConfigError(str(path), "", f"cannot read: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        raise ConfigError(str(path), where, f"not valid YAML: "
+                          f"{getattr(error, 'problem', None) or error}") from None
+    return parse_config(data, str(path), path.resolve().parent)

@@ -1,0 +1,223 @@
+"""The running credit system of one gateway process: everything wired in one place.
+
+Built from the YAML config by :meth:`CreditsRuntime.from_config_file`, started by our
+jasmind launcher or our interceptord. It owns the Redis pool, the rate cards, the
+charger, the settlement consumer and the sweeper, and gives jCli and the HTTP API what
+they need.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+
+from .charging import Charger
+from .config import CreditsConfig, load_config
+from .errors import ConfigError, Refusal
+from .interceptors.inprocess import InProcessInterceptor
+from .keys import Keys
+from .pricing import Pricer, Quote
+from .ratecard import RateCard, load_card
+from .store import CreditStore
+
+log = logging.getLogger("jasmin-credits")
+
+
+def load_cards(config: CreditsConfig) -> dict[str, RateCard]:
+    """Read every card file of the config; a broken file raises ConfigError."""
+    cards: dict[str, RateCard] = {}
+    for path in config.cards.files:
+        card = load_card(path, config.decimals)
+        if card.name in cards:
+            raise ConfigError(str(path), "name", f"card name {card.name!r} is used twice")
+        cards[card.name] = card
+    return cards
+
+
+class CreditsRuntime:
+    """One gateway's credit system. ``reactor`` is the only global it needs, passed in."""
+
+    def __init__(self, config: CreditsConfig, *, reactor: IReactorTime | None = None,
+                 redis: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.keys = Keys(config.redis.key_prefix)
+        self.cards = load_cards(config)
+        self._assignments: dict[str, dict[str, str]] = {"user": {}, "group": {}}
+        self.pricer = self._make_pricer(self.cards)
+        self.redis = redis
+        self.store: CreditStore | None = None
+        self.charger: Charger | None = None
+        self.services: list[Any] = []
+        if redis is not None:
+            self._wire(redis)
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_config_file(cls, path: str | Path | None) -> CreditsRuntime:
+        """Load and validate the config and its cards; raises ConfigError."""
+        return cls(load_config(path))
+
+    @property
+    def in_process(self) -> bool:
+        return self.config.charge_in_process
+
+    @property
+    def decimals(self) -> int:
+        return self.config.decimals
+
+    @property
+    def display_decimals(self) -> int | None:
+        return self.config.display_decimals
+
+    @property
+    def timezone(self):
+        return self.config.store.timezone
+
+    def _make_pricer(self, cards: dict[str, RateCard]) -> Pricer:
+        users = {**self.config.cards.users, **self._assignments["user"]}
+        groups = {**self.config.cards.groups, **self._assignments["group"]}
+        return Pricer(cards, self.config.cards.default, users, groups,
+                      source=self.config.source)
+
+    def _wire(self, redis: Any) -> None:
+        self.redis = redis
+        self.store = CreditStore(redis, clock=self.reactor, reactor=self.reactor,
+                                 keys=self.keys, settings=self.config.store)
+        self.charger = Charger(
+            self.store, lambda: self.pricer,
+            missing_wallet=self.config.missing_wallet,
+            on_store_error=self.config.on_store_error,
+        )
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> Deferred:
+        """Connect to Redis, load card assignments, start settlement and the sweeper."""
+        return ensureDeferred(self._start())
+
+    async def _start(self) -> None:
+        if self.redis is None:
+            r = self.config.redis
+            pool = txredisapi.lazyConnectionPool(
+                host=r.host, port=r.port, dbid=r.db, poolsize=r.poolsize, reconnect=True,
+                password=r.password, connectTimeout=r.connect_timeout, convertNumbers=False,
+            )
+            self._wire(pool)
+        await self.refresh_assignments()
+        if self.config.settlement.enabled:
+            from .services import start_settlement
+
+            self.services = await start_settlement(self)
+
+    def stop(self) -> Deferred:
+        """Stop settlement and the sweeper, close Redis."""
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %r failed", service)
+        self.services = []
+        if self.redis is not None and hasattr(self.redis, "disconnect"):
+            await self.redis.disconnect()
+
+    # -- Jasmin seams -------------------------------------------------------------------
+
+    def make_interceptor_client(self) -> InProcessInterceptor:
+        """The in-process replacement of Jasmin's interceptor PB client."""
+        if self.charger is None:
+            raise RuntimeError("start() the runtime before building the interceptor client")
+        return InProcessInterceptor(self.charger, self.config)
+
+    def install_jcli(self, jcli_factory: Any) -> None:
+        """Add the ``credit`` and ``price`` commands to Jasmin's jCli."""
+        from .jcli import install_jcli
+
+        install_jcli(jcli_factory, self)
+
+    def install_http(self, http_api: Any) -> None:
+        """Add ``/credit`` to Jasmin's HTTP API; keep ``/rate`` from charging."""
+        from .http_credit import install_http
+
+        resource = getattr(http_api, "resource", http_api)
+        rate = getattr(resource, "children", {}).get(b"rate")
+        client = getattr(rate, "interceptorpb_client", None)
+        if isinstance(client, InProcessInterceptor):
+            rate.interceptorpb_client = client.without_charging()
+        install_http(http_api, self)
+
+    # -- cards --------------------------------------------------------------------------
+
+    async def refresh_assignments(self) -> None:
+        """Re-read card assignments made from jCli (stored in Redis)."""
+        assignments: dict[str, dict[str, str]] = {"user": {}, "group": {}}
+        for field, card in (await self.store.card_assignments()).items():
+            kind, _, ident = str(field).partition(":")
+            if card in self.cards and kind in ("u", "g"):
+                assignments["user" if kind == "u" else "group"][ident] = card
+        self._assignments = assignments
+        self.pricer = self._make_pricer(self.cards)
+
+    async def reload_cards(self) -> str:
+        """Re-read the card files here, then tell every other gateway to do the same.
+
+        A broken file raises ConfigError and the cards in force stay.
+        """
+        summary = self.reload_local()
+        await self.store.announce_reload("cards")
+        return summary
+
+    def reload_local(self) -> str:
+        cards = load_cards(self.config)
+        pricer = self._make_pricer(cards)
+        self.cards, self.pricer = cards, pricer
+        return ", ".join(f"{c.name} ({len(c.entries)} entries)" for c in cards.values())
+
+    async def assign_card(self, kind: str, ident: str, card: str | None) -> None:
+        """Assign ``card`` to a user or group (``None`` removes), persisted in Redis."""
+        if kind not in ("user", "group"):
+            raise ValueError("assign a card to a 'user' or a 'group'")
+        if card is not None and card not in self.cards:
+            known = ", ".join(sorted(self.cards)) or "none"
+            raise ValueError(f"unknown card {card!r}; known cards: {known}")
+        await self.store.set_card_assignment(f"{kind[0]}:{ident}", card)
+        await self.refresh_assignments()
+        await self.store.announce_reload("assignments")
+
+    def card_assignments(self) -> dict[str, dict[str, str]]:
+        """Cards assigned by config and from jCli: ``{'user': {...}, 'group': {...}}``."""
+        return {
+            "user": {**self.config.cards.users, **self._assignments["user"]},
+            "group": {**self.config.cards.groups, **self._assignments["group"]},
+        }
+
+    async def would_accept(self, uid: str, gid: str | None, quote: Quote) -> str:
+        """Whether ``uid``'s wallet would accept ``quote`` now (credit and limits)."""
+        wallet = await self.store.wallet(uid)
+        if wallet is None:
+            if self.config.missing_wallet == "pass":
+                return "yes: no wallet, messages pass uncharged"
+            return f"no: {Refusal.NO_WALLET.label}"
+        if quote.total > wallet.available:
+            return f"no: {Refusal.INSUFFICIENT_CREDIT.label}"
+        names = {"day": "daily", "week": "weekly", "month": "monthly"}
+        for usage in wallet.usage:
+            period = names[usage.period.kind]
+            if usage.credit_limit is not None and usage.credits + quote.total > usage.credit_limit:
+                return f"no: {period}_credit_limit"
+            if usage.msg_limit is not None and usage.msgs + 1 > usage.msg_limit:
+                return f"no: {period}_message_limit"
+        return "yes"

@@ -1,0 +1,95 @@
+"""The YAML config: defaults, the shipped example, and one clear error per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jasmin_credits.config import load_config, parse_config
+from jasmin_credits.errors import ConfigError, Refusal
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_loads_with_its_cards():
+    """config/credits.yaml is valid and names both shipped cards."""
+    config = load_config(REPO / "config" / "credits.yaml")
+    assert config.cards.default == "world"
+    assert [p.name for p in config.cards.files] == ["world.yaml", "premium.yaml"]
+    assert config.decimals == 4
+
+
+def test_defaults_never_use_esme_rsyserr():
+    """Every default refusal status is a real SMPP code other than ESME_RSYSERR."""
+    config = parse_config({}, "x.yaml")
+    assert set(config.statuses) == set(Refusal)
+    assert all(s.smpp not in (0, 8) for s in config.statuses.values())
+    assert config.status(Refusal.INSUFFICIENT_CREDIT).http == 402
+    assert config.status(Refusal.DAILY_CREDIT_LIMIT).http == 429
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"redis": {"port": "x"}}, "f.yaml: redis.port: must be a whole number from 1 to 65535"),
+        ({"redsi": {}}, "f.yaml: redsi: unknown key"),
+        ({"timezone": "Mars/Base"}, "f.yaml: timezone: unknown timezone 'Mars/Base'"),
+        ({"wallets": {"missing": "maybe"}}, "f.yaml: wallets.missing: must be one of pass, refuse"),
+        ({"charging": {"statuses": {"not_priced": {"smpp": "ESME_NOPE"}}}},
+         "f.yaml: charging.statuses.not_priced.smpp: unknown SMPP status 'ESME_NOPE'"),
+        ({"charging": {"statuses": {"no_wallet": {"smpp": 8}}}},
+         "f.yaml: charging.statuses.no_wallet.smpp: ESME_RSYSERR makes clients retry"),
+        ({"charging": {"statuses": {"no_wallet": {"http": 200}}}},
+         "f.yaml: charging.statuses.no_wallet.http: must be a whole number from 400 to 599"),
+        ({"cards": {"files": ["nope.yaml"]}}, "f.yaml: cards.files[0]: no such file"),
+        ({"money": {"decimals": 2, "display_decimals": 3}},
+         "f.yaml: money.display_decimals: must be a whole number from 0 to 2"),
+        ({"settlement": {"unqueued_timeout": 100, "unanswered_timeout": 50}},
+         "f.yaml: settlement.unanswered_timeout: must be longer than unqueued_timeout"),
+        ([1, 2], "f.yaml: (top level): must be a mapping of keys"),
+    ],
+)
+def test_bad_values_name_file_key_and_problem(data, message, tmp_path):
+    """Each mistake raises one ConfigError naming the file, the key and the problem."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "f.yaml", tmp_path)
+    assert str(caught.value).startswith(message)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    """Broken YAML is reported with its file and line."""
+    path = tmp_path / "credits.yaml"
+    path.write_text("redis:\n  port: [1, 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: line ")
+    assert "not valid YAML" in str(caught.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    """A config path that does not exist is one clear error."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=10,
+)
+sections = st.sampled_from(["redis", "amqp", "money", "retention", "wallets", "charging",
+                            "cards", "settlement", "timezone"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(sections, yaml_values, max_size=4))
+def test_fuzzed_configs_load_or_fail_with_config_error(data):
+    """Any YAML-shaped document either loads or raises ConfigError, never another error."""
+    try:
+        parse_config(data, "fuzz.yaml", REPO / "config")
+    except ConfigError as error:
+        assert str(error).startswith("fuzz.yaml")

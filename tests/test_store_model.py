@@ -1,0 +1,141 @@
+"""Hypothesis model test: random operation sequences on real Redis match a plain model."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    rule,
+)
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from .sync_redis import sync_client, sync_store
+
+CLIENT = None
+
+
+class Res:
+    """The model of one reservation: parts held unlinked, queued, committed, refunded."""
+
+    def __init__(self, ref, unit, parts):
+        self.ref, self.unit = ref, unit
+        self.unlinked, self.queued, self.committed = parts, 0, 0
+        self.msgid = None
+
+
+class WalletMachine(RuleBasedStateMachine):
+    reservations = Bundle("reservations")
+
+    @initialize()
+    def setup(self):
+        global CLIENT
+        CLIENT = CLIENT or sync_client()
+        self.clock = Clock()
+        self.clock.advance(1_795_000_000)
+        self.store = sync_store(self.clock, client=CLIENT)
+        self.case = SynchronousTestCase()
+        self.balance = self.reserved = 0
+        self.seq = 0
+
+    def run(self, deferred):
+        return self.case.successResultOf(deferred)
+
+    @rule(amount=st.integers(-500, 2000))
+    def top_up(self, amount):
+        self.seq += 1
+        balance, _ = self.run(self.store.top_up("u", amount, op_id=f"op{self.seq}", actor="m"))
+        self.balance += amount
+        assert balance == self.balance
+
+    @rule(target=reservations, unit=st.integers(0, 300), parts=st.integers(1, 4))
+    def reserve(self, unit, parts):
+        hold = self.run(self.store.reserve("u", unit, parts))
+        wallet_exists = self.seq > 0
+        if not wallet_exists:
+            assert hold.no_wallet
+            return None
+        fits = unit * parts == 0 or self.balance - self.reserved >= unit * parts
+        assert hold.ok == fits, (hold, self.balance, self.reserved)
+        if not fits:
+            return None
+        self.reserved += unit * parts
+        return Res(hold.ref, unit, parts)
+
+    @rule(res=reservations)
+    def link(self, res):
+        if res is None or res.msgid is not None or res.unlinked == 0:
+            return
+        self.seq += 1
+        res.msgid = f"m{self.seq}"
+        self.run(self.store.link("u", res.ref, res.msgid, res.unlinked))
+        res.queued, res.unlinked = res.unlinked, 0
+
+    @rule(res=reservations, sent=st.booleans())
+    def answer(self, res, sent):
+        """Jasmin's submit_sm_resp by message id."""
+        if res is None or res.msgid is None:
+            return
+        self.run(self.store.settle_message(res.msgid, sent, "ESME_RSUBMITFAIL"))
+        amount = res.queued * res.unit
+        self.reserved -= amount
+        if sent:
+            self.balance -= amount
+            res.committed += res.queued
+        res.queued = 0
+
+    @rule(res=consumes(reservations))
+    def refund_all(self, res):
+        if res is None:
+            return
+        self.run(self.store.refund("u", res.ref, "operator"))
+        self.reserved -= (res.unlinked + res.queued) * res.unit
+        self.balance += res.committed * res.unit
+        res.unlinked = res.queued = res.committed = 0
+
+    @rule(res=reservations)
+    def commit_all(self, res):
+        if res is None:
+            return
+        self.run(self.store.commit("u", res.ref))
+        if res.msgid is None:
+            held = res.unlinked
+            res.unlinked = 0
+        else:
+            held = res.queued
+            res.queued = 0
+        self.reserved -= held * res.unit
+        self.balance -= held * res.unit
+        res.committed += held
+
+    @rule(res=reservations)
+    def release(self, res):
+        if res is None:
+            return
+        self.run(self.store.release("u", res.ref))
+        self.reserved -= res.unlinked * res.unit
+        res.unlinked = 0
+
+    @invariant()
+    def books_balance(self):
+        if not getattr(self, "store", None) or self.seq == 0:
+            return
+        wallet = self.run(self.store.wallet("u"))
+        if wallet is None:
+            return
+        assert (wallet.balance, wallet.reserved) == (self.balance, self.reserved)
+        entries, _ = self.run(self.store.log("u", count=100_000))
+        assert sum(e.int_field("amount") for e in entries) == wallet.balance
+
+
+WalletMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
+                                           deadline=None)
+
+
+class TestWalletModel(WalletMachine.TestCase):
+    """Random sequences of top-ups, holds, links, answers, refunds and releases."""
