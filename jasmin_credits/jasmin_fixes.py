@@ -61,6 +61,7 @@ def corrected_submit_sm_resp_event(method: Callable[..., Any]) -> Callable[..., 
     exec(code, func.__globals__, namespace)  # noqa: S102 - Jasmin's own, corrected source
     fixed = namespace[func.__name__]
     fixed.__jasmin_credits_fixed__ = True
+    fixed.__jasmin_credits_original__ = method
     fixed.__qualname__ = getattr(method, "__qualname__", fixed.__qualname__)
     return fixed
 

@@ -135,7 +135,9 @@ class LocalGateway:
         self.rundir = Path(rundir).resolve()
         self.credits_config = Path(credits_config).resolve() if credits_config else None
         self.provision_on_start = provision
-        self.use_interceptord = (self.credits_config is None) if interceptord is None else interceptord
+        if interceptord is None:
+            interceptord = self.credits_config is None
+        self.use_interceptord = interceptord
         self.dlr_daemons = dlr_daemons
         self.smsc_args = list(smsc_args)
         self.launcher_argv = launcher_argv or [sys.executable, "-m", "jasmin_credits.launcher"]
@@ -442,8 +444,8 @@ class LocalGateway:
 
     def add_default_interceptor(self, jcli: JCliClient, script: Path | None = None) -> str:
         """``mtinterceptor -a`` DefaultInterceptor running ``script`` (default pass-through)."""
-        return jcli.run("mtinterceptor -a", ["type DefaultInterceptor",
-                                             f"script python3({script or self.interceptor_script})"])
+        path = script or self.interceptor_script
+        return jcli.run("mtinterceptor -a", ["type DefaultInterceptor", f"script python3({path})"])
 
     def wait_connector_bound(self, cid: str = "smsc", timeout: float | None = None) -> None:
         """Wait until connector ``cid`` is bound to its SMSC."""
@@ -490,9 +492,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def request_stop(signum: int, frame: Any) -> None:
         nonlocal stop_requested
+        if gateway.started_at is not None and gateway.startup_seconds is None:
+            raise KeyboardInterrupt  # still starting: abort start(), which stops what ran
         stop_requested = True
 
+    # Explicit handlers: a shell may start us with SIGINT ignored (background jobs).
     signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     try:
         gateway.start()
         print(gateway.describe())

@@ -8,6 +8,7 @@ Each usage key expires a little after its period ends: no cron job resets anythi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -26,7 +27,7 @@ class Period:
     start: datetime
     end: datetime
 
-    @property
+    @cached_property
     def expire_at_ms(self) -> int:
         """When the usage key of this period may disappear (epoch ms)."""
         return int((self.end + GRACE).timestamp() * 1000)

@@ -1,8 +1,14 @@
 """Load the Lua scripts shipped in ``jasmin_credits/lua`` and run them by SHA.
 
-Each script is ``_lib.lua`` followed by the operation's own file. Calls use EVALSHA with
-the digest computed once; a server that lost its script cache (restart, SCRIPT FLUSH)
-answers NOSCRIPT and the script is loaded again, transparently.
+Each operation file is the body of a function ``(KEYS, ARGV)``. It runs either alone
+(``_lib.lua`` + the function + a call with the real KEYS and ARGV), or inside
+``batch``: one EVALSHA that runs many operations one after the other and answers all
+their results. Redis runs a script atomically, so each operation inside a batch is as
+atomic as when it runs alone; the batch only saves round trips and, above all, the
+client's per-command cost, which dominates at high rates (see docs/benchmarks.md).
+
+Calls use EVALSHA with the digest computed once; a server that lost its script cache
+(restart, SCRIPT FLUSH) answers NOSCRIPT and the script is loaded again, transparently.
 """
 
 from __future__ import annotations
@@ -12,6 +18,29 @@ from importlib import resources
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+NAMES = ("reserve", "settle", "outcome", "topup", "configure", "remove")
+
+_BATCH_LOOP = """
+local results, ki, ai = {}, 1, 2
+for n = 1, tonumber(ARGV[1]) do
+  local name, nk, na = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  ai = ai + 3
+  local k, a = {}, {}
+  for i = 1, nk do k[i] = KEYS[ki + i - 1] end
+  for i = 1, na do a[i] = ARGV[ai + i - 1] end
+  ki, ai = ki + nk, ai + na
+  local ok, result = pcall(ops[name], k, a)
+  if ok then
+    results[n] = result
+  else
+    results[n] = {-1, tostring(result)}
+  end
+end
+return results
+"""
 
 
 class RedisClient(Protocol):
@@ -20,34 +49,142 @@ class RedisClient(Protocol):
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred: ...
 
 
+class ScriptError(Exception):
+    """An operation failed inside Redis (a bug or a corrupted key, never bad input)."""
+
+
 def _read(name: str) -> str:
     return resources.files("jasmin_credits").joinpath("lua").joinpath(name).read_text("utf-8")
 
 
+def _function(name: str) -> str:
+    return f"ops['{name}'] = function(KEYS, ARGV)\n{_read(name + '.lua')}\nend\n"
+
+
 class Script:
-    """One Lua operation, ready to run on a client."""
+    """Lua source with its SHA, run with EVALSHA (loaded again on NOSCRIPT)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, source: str):
         self.name = name
-        self.source = _read("_lib.lua") + "\n" + _read(f"{name}.lua")
-        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
-    async def __call__(self, redis: RedisClient, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        except Exception as error:
-            # txredisapi: ResponseError("NOSCRIPT ..."); redis-py: NoScriptError
-            if "NOSCRIPT" not in str(error) and type(error).__name__ != "NoScriptError":
-                raise
-        await redis.execute_command("SCRIPT", "LOAD", self.source)
-        return await redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+    @classmethod
+    def operation(cls, name: str) -> Script:
+        """One operation alone."""
+        return cls(name, f"{_read('_lib.lua')}\nlocal ops = {{}}\n{_function(name)}"
+                         f"return ops['{name}'](KEYS, ARGV)\n")
+
+    @classmethod
+    def batch(cls) -> Script:
+        """Every operation, and a loop running a list of them."""
+        functions = "".join(_function(name) for name in NAMES)
+        return cls("batch", f"{_read('_lib.lua')}\nlocal ops = {{}}\n{functions}{_BATCH_LOOP}")
+
+    def __call__(self, redis: RedisClient, keys: list[str], args: list[Any]) -> Deferred:
+        """Run the script: EVALSHA, and on NOSCRIPT load it and run it again."""
+        d = redis.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        d.addErrback(self._load_and_retry, redis, keys, args)
+        return d
+
+    def _load_and_retry(self, failure: Any, redis: RedisClient, keys: list[str],
+                        args: list[Any]) -> Deferred:
+        error = failure.value
+        # txredisapi: ResponseError("NOSCRIPT ..."); redis-py: NoScriptError
+        if "NOSCRIPT" not in str(error) and type(error).__name__ != "NoScriptError":
+            return failure
+        d = redis.execute_command("SCRIPT", "LOAD", self.source)
+        d.addCallback(lambda _: redis.execute_command("EVALSHA", self.sha, len(keys), *keys,
+                                                      *args))
+        return d
+
+
+def _fire(result: Any, d: Deferred) -> None:
+    """Fire ``d`` unless its caller gave up on it already (timed out and cancelled)."""
+    if d.called:
+        return
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
 
 
 class Scripts:
-    """Every operation script, by name: ``scripts.reserve(redis, keys, args)``."""
+    """Every operation, by name: ``scripts.run("reserve", keys, args)``.
 
-    NAMES = ("reserve", "settle", "outcome", "topup", "configure", "remove")
+    With ``batch`` on, operations requested in the same reactor turn go to Redis as one
+    ``batch`` call of at most ``max_batch`` operations; alone, an operation goes as its own
+    script. Every call to Redis fails with Twisted's ``TimeoutError`` after ``timeout``
+    seconds of ``clock``.
+    """
 
-    def __init__(self) -> None:
-        for name in self.NAMES:
-            setattr(self, name, Script(name))
+    def __init__(self, redis: RedisClient, clock: IReactorTime, timeout: float,
+                 batch: bool = True, max_batch: int = 64):
+        self.redis = redis
+        self.clock = clock
+        self.timeout = timeout
+        self.batching = batch
+        self.max_batch = max_batch
+        self.single = {name: Script.operation(name) for name in NAMES}
+        self.batch = Script.batch()
+        self._pending: list[tuple[str, list[str], list[Any], Deferred]] = []
+        self._flush_call: Any = None
+
+    def run(self, name: str, keys: list[str], args: list[Any]) -> Deferred:
+        """Run operation ``name``; the Deferred fires with its reply."""
+        if not self.batching:
+            return self._checked(self._send(self.single[name], keys, args))
+        d = Deferred()
+        self._pending.append((name, keys, args, d))
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self._flush)
+        return d
+
+    @staticmethod
+    def _checked(d: Deferred) -> Deferred:
+        def check(reply: Any) -> Any:
+            if isinstance(reply, list) and reply and reply[0] == -1:
+                raise ScriptError(str(reply[1]))
+            return reply
+
+        return d.addCallback(check)
+
+    def _flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if len(pending) == 1:
+            name, keys, args, d = pending[0]
+            self._checked(self._send(self.single[name], keys, args)).addBoth(_fire, d)
+            return
+        all_keys: list[str] = []
+        all_args: list[Any] = [len(pending)]
+        for name, keys, args, _ in pending:
+            all_keys += keys
+            all_args += [name, len(keys), len(args), *args]
+        call = self._send(self.batch, all_keys, all_args)
+
+        def deliver(replies: list[Any]) -> None:
+            for (_, _, _, d), reply in zip(pending, replies, strict=True):
+                if isinstance(reply, list) and reply and reply[0] == -1:
+                    _fire(Failure(ScriptError(str(reply[1]))), d)
+                else:
+                    _fire(reply, d)
+
+        def failed(failure: Failure) -> None:
+            for *_, d in pending:
+                _fire(failure, d)
+
+        call.addCallbacks(deliver, failed)
+
+    def _send(self, script: Script, keys: list[str], args: list[Any]) -> Deferred:
+        return script(self.redis, keys, args).addTimeout(self.timeout, self.clock)
+
+    def run_now(self) -> None:
+        """Send what is pending without waiting for the reactor turn (tests, shutdown)."""
+        self._flush()

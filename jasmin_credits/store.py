@@ -63,6 +63,8 @@ class StoreSettings:
     message_link_ttl: timedelta = timedelta(days=8)
     pending_outcome_ttl: timedelta = timedelta(hours=6)
     concat_ttl: timedelta = timedelta(hours=1)
+    batch: bool = True
+    """Send operations of one reactor turn to Redis as one call (see scripts.Scripts)."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,8 @@ class CreditStore:
         self.reactor = reactor
         self.keys = keys or Keys()
         self.settings = settings or StoreSettings()
-        self.scripts = Scripts()
+        self.scripts = Scripts(redis, reactor, self.settings.call_timeout, self.settings.batch)
+        self._period_cache: tuple[int, int, tuple[Period, ...]] | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -189,7 +192,7 @@ class CreditStore:
         return int(self.clock.seconds() * 1000)
 
     async def _call(self, deferred: Deferred) -> Any:
-        deferred.addTimeout(self.settings.call_timeout, self.reactor)
+        """Await a Redis call (already bounded by a timeout); map failures."""
         try:
             return await deferred
         except TimeoutError:
@@ -204,14 +207,29 @@ class CreditStore:
                 raise StoreUnavailable(f"Redis error: {error}") from None
             raise
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        return await self._call(Deferred.fromCoroutine(script(self.redis, keys, args)))
+    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._call(self.scripts.run(name, keys, args))
 
     async def _command(self, *args: Any) -> Any:
-        return await self._call(self.redis.execute_command(*args))
+        call = self.redis.execute_command(*args)
+        return await self._call(call.addTimeout(self.settings.call_timeout, self.reactor))
+
+    def _periods(self, at_ms: int) -> tuple[Period, ...]:
+        # The day, week and month are the same for a whole day: compute them once a day.
+        cached = self._period_cache
+        if cached is not None and cached[0] <= at_ms < cached[1]:
+            return cached[2]
+        periods = periods_at(at_ms / 1000, self.settings.timezone)
+        day = periods[0]
+        self._period_cache = (
+            int(day.start.timestamp() * 1000),
+            int(day.end.timestamp() * 1000),
+            periods,
+        )
+        return periods
 
     def _usage_keys(self, uid: str, at_ms: int) -> tuple[list[str], tuple[Period, ...]]:
-        periods = periods_at(at_ms / 1000, self.settings.timezone)
+        periods = self._periods(at_ms)
         return [self.keys.usage(uid, p.id) for p in periods], periods
 
     # -- reserving ----------------------------------------------------------------------
@@ -257,16 +275,25 @@ class CreditStore:
                 self.keys.concat(uid, concat.key) if concat else self.keys.concat(uid, "-"),
             ]
             args = [
-                uid, ref, unit_price, parts, messages, now,
+                uid,
+                ref,
+                unit_price,
+                parts,
+                messages,
+                now,
                 *(max(1, p.expire_at_ms - now) for p in periods),
                 _ms(self.settings.reservation_ttl),
                 _ms(self.settings.events_retention),
-                "c" if concat else "", concat.seq if concat else 0,
+                "c" if concat else "",
+                concat.seq if concat else 0,
                 _ms(self.settings.concat_ttl),
-                country, destination, prefix, card,
+                country,
+                destination,
+                prefix,
+                card,
             ]
             status, got_ref, amount, balance, reserved, overdraft = await self._run(
-                self.scripts.reserve, keys, args
+                "reserve", keys, args
             )
             if status == CONCAT_ELSEWHERE:
                 ref = got_ref
@@ -278,15 +305,29 @@ class CreditStore:
                 concat = Concat(f"{concat.key}:{ref}", concat.seq, concat.total)
                 continue
             refusal = None if status in (OK, NO_WALLET) else Refusal(status)
-            return Hold(refusal, got_ref, amount, balance, reserved, overdraft,
-                        no_wallet=status == NO_WALLET)
+            return Hold(
+                refusal,
+                got_ref,
+                amount,
+                balance,
+                reserved,
+                overdraft,
+                no_wallet=status == NO_WALLET,
+            )
         raise StoreUnavailable("concatenated message reservation kept moving; retry")
 
     # -- settling -----------------------------------------------------------------------
 
     async def _settle(
-        self, uid: str, ref: str, action: str, *, msgid: str = "", parts: int = 0,
-        reason: str = "", actor: str = "",
+        self,
+        uid: str,
+        ref: str,
+        action: str,
+        *,
+        msgid: str = "",
+        parts: int = 0,
+        reason: str = "",
+        actor: str = "",
     ) -> Settled:
         now = self.now_ms()
         usage_keys, _ = self._usage_keys(uid, created_ms(ref))
@@ -301,14 +342,19 @@ class CreditStore:
             self.keys.message(msgid or "-"),
         ]
         args = [
-            uid, ref, action, msgid, parts, reason, actor, now,
+            uid,
+            ref,
+            action,
+            msgid,
+            parts,
+            reason,
+            actor,
+            now,
             _ms(self.settings.log_retention),
             _ms(self.settings.events_retention),
             _ms(self.settings.message_link_ttl),
         ]
-        status, changed, balance, reserved, open_parts = await self._run(
-            self.scripts.settle, keys, args
-        )
+        status, changed, balance, reserved, open_parts = await self._run("settle", keys, args)
         return Settled(status == OK, changed, balance, reserved, open_parts)
 
     async def link(self, uid: str, ref: str, msgid: str, parts: int) -> Settled:
@@ -345,7 +391,7 @@ class CreditStore:
         """
         outcome = "c" if sent else "r"
         linked, value = await self._run(
-            self.scripts.outcome,
+            "outcome",
             [self.keys.message(msgid)],
             [outcome, reason, _ms(self.settings.pending_outcome_ttl)],
         )
@@ -367,8 +413,15 @@ class CreditStore:
     # -- wallets ------------------------------------------------------------------------
 
     async def top_up(
-        self, uid: str, amount: int, *, op_id: str, actor: str, reason: str = "",
-        kind: str = "topup", create: bool = True,
+        self,
+        uid: str,
+        amount: int,
+        *,
+        op_id: str,
+        actor: str,
+        reason: str = "",
+        kind: str = "topup",
+        create: bool = True,
     ) -> tuple[int, bool]:
         """Add ``amount`` (negative subtracts) to the balance, once per ``op_id``.
 
@@ -381,20 +434,35 @@ class CreditStore:
             raise ValueError(f"unknown top-up kind {kind!r}")
         now = self.now_ms()
         status, balance, repeated = await self._run(
-            self.scripts.topup,
-            [self.keys.wallet(uid), self.keys.log(uid), self.keys.events(uid),
-             self.keys.op(uid, op_id), self.keys.wallets],
-            [uid, int(amount), op_id, actor, reason, now, kind,
-             _ms(self.settings.log_retention),
-             _ms(self.settings.events_retention),
-             _ms(self.settings.op_ttl), "1" if create else "0"],
+            "topup",
+            [
+                self.keys.wallet(uid),
+                self.keys.log(uid),
+                self.keys.events(uid),
+                self.keys.op(uid, op_id),
+                self.keys.wallets,
+            ],
+            [
+                uid,
+                int(amount),
+                op_id,
+                actor,
+                reason,
+                now,
+                kind,
+                _ms(self.settings.log_retention),
+                _ms(self.settings.events_retention),
+                _ms(self.settings.op_ttl),
+                "1" if create else "0",
+            ],
         )
         if status == NO_WALLET:
             raise UnknownWallet(f"user {uid} has no wallet")
         return balance, bool(repeated)
 
-    async def configure(self, uid: str, settings: dict[str, int | None], *,
-                        create: bool = True) -> None:
+    async def configure(
+        self, uid: str, settings: dict[str, int | None], *, create: bool = True
+    ) -> None:
         """Set wallet fields (``overdraft``, ``low_balance``, ``lim:<credits|msgs>:<period>``).
 
         ``None`` clears a limit or threshold. One atomic call; an event records the change.
@@ -412,10 +480,9 @@ class CreditStore:
             pairs += [name, "" if value is None else str(value)]
         now = self.now_ms()
         (status,) = await self._run(
-            self.scripts.configure,
+            "configure",
             [self.keys.wallet(uid), self.keys.events(uid), self.keys.wallets],
-            [uid, now, _ms(self.settings.events_retention),
-             "1" if create else "0", *pairs],
+            [uid, now, _ms(self.settings.events_retention), "1" if create else "0", *pairs],
         )
         if status == NO_WALLET:
             raise UnknownWallet(f"user {uid} has no wallet")
@@ -425,9 +492,14 @@ class CreditStore:
         check_uid(uid)
         now = self.now_ms()
         status, balance = await self._run(
-            self.scripts.remove,
-            [self.keys.wallet(uid), self.keys.events(uid), self.keys.wallets,
-             self.keys.open(uid), self.keys.plan(uid)],
+            "remove",
+            [
+                self.keys.wallet(uid),
+                self.keys.events(uid),
+                self.keys.wallets,
+                self.keys.open(uid),
+                self.keys.plan(uid),
+            ],
             [uid, now, _ms(self.settings.events_retention), actor],
         )
         if status == NO_WALLET:
@@ -453,8 +525,9 @@ class CreditStore:
 
     async def open_reservations(self, uid: str, older_than_ms: int) -> list[str]:
         """Refs of ``uid`` still unsettled and created before ``older_than_ms``."""
-        return await self._command("ZRANGEBYSCORE", self.keys.open(uid), "-inf",
-                                   f"({older_than_ms}")
+        return await self._command(
+            "ZRANGEBYSCORE", self.keys.open(uid), "-inf", f"({older_than_ms}"
+        )
 
     async def users_with_open_reservations(self) -> list[str]:
         return sorted(await self._command("SMEMBERS", self.keys.open_users))
@@ -482,16 +555,23 @@ class CreditStore:
 
     # -- logs ---------------------------------------------------------------------------
 
-    async def _read_stream(self, key: str, since_ms: int | None, until_ms: int | None,
-                           types: frozenset[str] | None, count: int,
-                           before: str | None) -> tuple[list[LogEntry], str | None]:
+    async def _read_stream(
+        self,
+        key: str,
+        since_ms: int | None,
+        until_ms: int | None,
+        types: frozenset[str] | None,
+        count: int,
+        before: str | None,
+    ) -> tuple[list[LogEntry], str | None]:
         end = f"({before}" if before else (str(until_ms) if until_ms is not None else "+")
         start = str(since_ms) if since_ms is not None else "-"
         entries: list[LogEntry] = []
         cursor = end
         while len(entries) < count:
-            batch = await self._command("XREVRANGE", key, cursor, start, "COUNT",
-                                        max(count * 2, 50))
+            batch = await self._command(
+                "XREVRANGE", key, cursor, start, "COUNT", max(count * 2, 50)
+            )
             if not batch:
                 return entries, None
             for entry_id, flat in batch:
@@ -503,20 +583,33 @@ class CreditStore:
             cursor = f"({batch[-1][0]}"
         return entries, None
 
-    async def log(self, uid: str, *, since_ms: int | None = None, until_ms: int | None = None,
-                  types: frozenset[str] | None = None, count: int = 50,
-                  before: str | None = None) -> tuple[list[LogEntry], str | None]:
+    async def log(
+        self,
+        uid: str,
+        *,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        types: frozenset[str] | None = None,
+        count: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[LogEntry], str | None]:
         """Credit log of ``uid``, newest first: ``(entries, cursor for the next page)``."""
-        return await self._read_stream(self.keys.log(uid), since_ms, until_ms, types, count,
-                                       before)
+        return await self._read_stream(self.keys.log(uid), since_ms, until_ms, types, count, before)
 
-    async def events(self, uid: str, *, since_ms: int | None = None,
-                     until_ms: int | None = None, types: frozenset[str] | None = None,
-                     count: int = 50, before: str | None = None,
-                     ) -> tuple[list[LogEntry], str | None]:
+    async def events(
+        self,
+        uid: str,
+        *,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        types: frozenset[str] | None = None,
+        count: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[LogEntry], str | None]:
         """Events log of ``uid``, newest first: ``(entries, cursor for the next page)``."""
-        return await self._read_stream(self.keys.events(uid), since_ms, until_ms, types,
-                                       count, before)
+        return await self._read_stream(
+            self.keys.events(uid), since_ms, until_ms, types, count, before
+        )
 
 
 def _pairs(flat: Any) -> dict[str, str]:

@@ -9,6 +9,7 @@ differs from production (txredisapi), and test_store.py runs the same operations
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -39,5 +40,6 @@ def sync_client() -> redis.Redis:
 def sync_store(clock: Clock, settings: StoreSettings | None = None,
                client: redis.Redis | None = None) -> CreditStore:
     """A CreditStore on the test Redis whose calls complete synchronously."""
+    settings = replace(settings or StoreSettings(), batch=False)
     return CreditStore(SyncRedis(client or sync_client()), clock=clock, reactor=clock,
                        keys=unique_keys(), settings=settings)

@@ -230,3 +230,13 @@ class ConcatTests(TestCase):
         second = await store.reserve("alice", 10, 1, concat=Concat("m", 1, 2))
         self.assertNotIn(second.ref, first)
         self.assertEqual((await store.wallet("alice")).reserved, 40)
+
+
+class ScriptCacheTests(TestCase):
+    async def test_flushed_script_cache_is_reloaded(self):
+        """After SCRIPT FLUSH (or a Redis restart) the next call loads the script again."""
+        store = await make_store(self)
+        await store.top_up("alice", 10, op_id="a", actor="t")
+        await store.redis.execute_command("SCRIPT", "FLUSH")
+        balance, _ = await store.top_up("alice", 5, op_id="b", actor="t")
+        self.assertEqual(balance, 15)

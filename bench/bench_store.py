@@ -1,0 +1,129 @@
+"""Reserve+commit throughput and latency of the credit store, beside raw Redis EVAL.
+
+Starts a private redis-server (AOF everysec, like production), then in ONE Python process:
+
+1. throughput: ``--pairs`` reserve+commit pairs with ``--concurrency`` in flight;
+2. latency: pairs paced at ``--rate`` per second for ``--seconds``, p50/p99 per pair;
+3. redis-benchmark, in the same run, on the same server: an EVAL of a comparable
+   script (one HMGET + two HINCRBY on a hash), ``-c 50``, as the ceiling Redis offers.
+
+Run: ``.venv/bin/python bench/bench_store.py`` (results: docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import txredisapi
+from twisted.internet import defer, reactor, task
+
+from jasmin_credits.devservices import RedisServer, find_binary
+from jasmin_credits.keys import Keys
+from jasmin_credits.redis_client import connection_pool
+from jasmin_credits.store import CreditStore
+
+COMPARABLE_EVAL = (
+    "local w = redis.call('HMGET', KEYS[1], 'b', 'r') "
+    "redis.call('HINCRBY', KEYS[1], 'r', 1) return redis.call('HINCRBY', KEYS[1], 'b', 1)"
+)
+
+
+def redis_benchmark(port: int, requests: int) -> float:
+    """Requests per second redis-benchmark reaches for COMPARABLE_EVAL."""
+    binary = find_binary("redis-benchmark", "/usr/bin/redis-benchmark")
+    out = subprocess.run(
+        [binary, "-p", str(port), "-n", str(requests), "-c", "50", "-q",
+         "EVAL", COMPARABLE_EVAL, "1", "bench:hash"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    rates = re.findall(r"([\d.]+) requests per second", out)
+    return float(rates[-1])
+
+
+async def pair(store: CreditStore) -> None:
+    hold = await store.reserve("bench", 7, 1)
+    if not hold.ok:
+        raise RuntimeError(f"bench wallet refused: {hold}")
+    await store.commit("bench", hold.ref)
+
+
+async def throughput(store: CreditStore, pairs: int, concurrency: int) -> float:
+    remaining = iter(range(pairs))
+
+    async def worker():
+        for _ in remaining:
+            await pair(store)
+
+    start = time.perf_counter()
+    await defer.gatherResults(
+        [defer.Deferred.fromCoroutine(worker()) for _ in range(concurrency)])
+    return pairs / (time.perf_counter() - start)
+
+
+async def latency(store: CreditStore, rate: int, seconds: float) -> list[float]:
+    samples: list[float] = []
+    pending: list[defer.Deferred] = []
+
+    def one():
+        started = time.perf_counter()
+        d = defer.Deferred.fromCoroutine(pair(store))
+        d.addCallback(lambda _: samples.append(time.perf_counter() - started))
+        pending.append(d)
+
+    loop = task.LoopingCall(one)
+    # LoopingCall at 1 ms granularity: run `rate / 1000` pairs per tick
+    per_tick = max(1, rate // 1000)
+    loop.f = lambda: [one() for _ in range(per_tick)]
+    done = loop.start(per_tick / rate)
+    await task.deferLater(reactor, seconds, lambda: None)
+    loop.stop()
+    await done
+    await defer.gatherResults(pending)
+    return samples
+
+
+async def main(args) -> None:
+    rundir = Path(tempfile.mkdtemp(prefix="jc-bench-"))
+    server = RedisServer(rundir).start()
+    try:
+        pool = await connection_pool(reactor, "127.0.0.1", server.port,
+                                     poolsize=args.poolsize, lazy=False)
+        store = CreditStore(pool, clock=reactor, reactor=reactor, keys=Keys("bench"))
+        await store.top_up("bench", 10**15, op_id="fund", actor="bench")
+        await throughput(store, 2000, args.concurrency)  # warm-up, scripts loaded
+        rate = await throughput(store, args.pairs, args.concurrency)
+        samples = await latency(store, args.rate, args.seconds)
+        await pool.disconnect()
+        raw = redis_benchmark(server.port, args.pairs * 2)
+    finally:
+        server.stop()
+    qs = statistics.quantiles(samples, n=100)
+    hiredis = txredisapi.hiredis is not None
+    print(f"reply parser: {'hiredis' if hiredis else 'pure Python'}")
+    print(f"reserve+commit pairs/s (concurrency {args.concurrency}, pool {args.poolsize}): "
+          f"{rate:,.0f}  = {2 * rate:,.0f} Lua calls/s")
+    print(f"latency at {args.rate} pairs/s for {args.seconds}s ({len(samples)} pairs): "
+          f"p50 {qs[49] * 1000:.2f} ms, p99 {qs[98] * 1000:.2f} ms")
+    print(f"redis-benchmark EVAL (comparable script, -c 50): {raw:,.0f} calls/s")
+    print(f"ratio: our Lua calls/s / raw EVAL calls/s = {2 * rate / raw:.2f}")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=40_000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--poolsize", type=int, default=8)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    task.react(lambda _r: defer.Deferred.fromCoroutine(main(args)))
+
+
+if __name__ == "__main__":
+    cli()

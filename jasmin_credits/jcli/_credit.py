@@ -1,0 +1,395 @@
+"""The ``credit`` jCli command: wallets, top-ups, limits, the credit and events logs."""
+
+from __future__ import annotations
+
+import csv
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from jasmin.protocols.cli.managers import PersistableManager, Session
+
+from jasmin_credits.errors import UnknownWallet
+from jasmin_credits.money import parse_amount
+from jasmin_credits.store import LogEntry
+
+from ._common import (
+    AsyncManager,
+    CommandError,
+    check_uid_line,
+    error_line,
+    one_line,
+    page_number,
+    table,
+)
+
+PAGE_SIZE = 20
+CSV_BATCH = 500
+LOG_TYPES = frozenset({"topup", "adjust", "plan", "charge", "refund"})
+_CURSOR = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_PERIOD_NAMES = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+# Session key -> (store field, kind): kind 'credits' (an amount) or 'msgs' (a count).
+SETTING_KEYS: dict[str, tuple[str, str]] = {
+    "daily": ("lim:credits:day", "credits"),
+    "weekly": ("lim:credits:week", "credits"),
+    "monthly": ("lim:credits:month", "credits"),
+    "daily_messages": ("lim:msgs:day", "msgs"),
+    "weekly_messages": ("lim:msgs:week", "msgs"),
+    "monthly_messages": ("lim:msgs:month", "msgs"),
+    "overdraft": ("overdraft", "credits"),
+    "low_balance": ("low_balance", "credits"),
+}
+# Event fields holding credit amounts (shown with the configured precision).
+_AMOUNT_FIELDS = frozenset({
+    "amount", "balance", "available", "threshold", "overdraft", "low_balance",
+    "lim:credits:day", "lim:credits:week", "lim:credits:month",
+})
+_CREDIT_LIMIT_CODES = {"2", "3", "4"}
+
+SESSION_HELP = [
+    "Keys: daily weekly monthly (credit limits), overdraft, low_balance (credits),",
+    "daily_messages weekly_messages monthly_messages (message limits); none clears",
+]
+
+
+class CreditManager(AsyncManager, PersistableManager):
+    """Logic of the ``credit`` command. Store calls are coroutines answered asynchronously.
+
+    ``persist`` and ``load``: wallets, both logs and card assignments are written to Redis
+    at every change (Redis keeps them with its own persistence, AOF), so ``persist`` has
+    nothing to write and ``load`` (which jasmind runs at every start) must not touch them:
+    both only say so in one line. Jasmin's ``load`` reads the profile of users and groups;
+    it never reaches our keys.
+    """
+
+    managerName = "credit"
+    saving = False
+
+    # -- persist / load -----------------------------------------------------------------
+
+    def persist(self, arg: str, opts: Any) -> None:
+        self.protocol.sendData(
+            "credit balances, logs and card assignments are stored in Redis at every"
+            " change: nothing to persist (profile:%s)" % opts.profile, prompt=False)
+
+    def load(self, arg: str, opts: Any) -> None:
+        self.protocol.sendData(
+            "credit balances are live in Redis: load leaves them untouched (profile:%s)"
+            % opts.profile, prompt=False)
+
+    # -- credit -l ----------------------------------------------------------------------
+
+    def list(self, arg: str, opts: Any) -> None:
+        self.answer(self._list)
+
+    async def _list(self) -> list[str]:
+        store = self.runtime.store
+        wallets = [w for w in [await store.wallet(uid) for uid in await store.wallets()]
+                   if w is not None]
+        if not wallets:
+            return ["Total wallets: 0"]
+        rows = []
+        for w in wallets:
+            day, week, month = (self._used_of(u.credits, u.credit_limit) for u in w.usage)
+            rows.append([w.uid, self.amount(w.balance), self.amount(w.reserved),
+                         self.amount(w.overdraft), day, week, month, "-"])
+        header = ["User id", "Balance", "Reserved", "Overdraft", "Daily", "Weekly",
+                  "Monthly", "Plan"]
+        lines = table(header, rows, right=(1, 2, 3, 4, 5, 6))
+        lines.append("Daily/Weekly/Monthly: credits used/limit ('-': no limit)")
+        lines.append(f"Total wallets: {len(wallets)}")
+        return lines
+
+    def _used_of(self, used: int, limit: int | None) -> str:
+        return f"{self.amount(used)}/{self.amount(limit)}"
+
+    # -- credit -s ----------------------------------------------------------------------
+
+    def show(self, arg: str, opts: Any) -> None:
+        uid = check_uid_line(opts.show)
+        self.answer(lambda: self._show(uid))
+
+    async def _show(self, uid: str) -> list[str]:
+        user = self.jasmin_user(uid)
+        wallet = await self.runtime.store.wallet(uid)
+        if wallet is None:
+            if user is None:
+                raise CommandError(f"Unknown User: {uid}")
+            return [f"User {uid} has no wallet (credit -t {uid} <amount> creates one)"]
+        gid = None if user is None else str(user.group.gid)
+        lines = [f"uid {uid}"]
+        if user is None:
+            lines.append("jasmin_user none (the user is not known to Jasmin)")
+        else:
+            lines.append(f"gid {gid}")
+        lines += [
+            f"balance {self.amount(wallet.balance)}",
+            f"reserved {self.amount(wallet.reserved)}",
+            f"available {self.amount(wallet.available)}",
+            f"overdraft {self.amount(wallet.overdraft)}",
+        ]
+        for usage in wallet.usage:
+            name = _PERIOD_NAMES[usage.period.kind]
+            resets = self.local(usage.period.end)
+            lines.append(f"{name} {self._used_of(usage.credits, usage.credit_limit)}"
+                         f" credits used/limit, resets {resets}")
+            limit = "-" if usage.msg_limit is None else str(usage.msg_limit)
+            lines.append(f"{name}_messages {usage.msgs}/{limit}"
+                         f" messages used/limit, resets {resets}")
+        low = wallet.low_balance
+        lines.append(f"low_balance {self.amount(low)}" + (
+            "" if low is None else " (an event when the available credit falls below)"))
+        lines.append(f"rate_card {self._card_name(uid, gid)}")
+        lines.append("plan -")
+        if wallet.created_ms:
+            lines.append(f"created {self.local_time(wallet.created_ms)}")
+        return lines
+
+    def _card_name(self, uid: str, gid: str | None) -> str:
+        try:
+            card = self.runtime.pricer.card_for(uid, gid)
+        except Exception as error:
+            return f"- (error: {error})"
+        return "- (none: messages are not priced)" if card is None else card.name
+
+    # -- credit -t ----------------------------------------------------------------------
+
+    def top_up(self, arg: str, opts: Any) -> None:
+        uid, text = opts.top_up
+        self.require_user(uid)
+        units = parse_amount(text, self.runtime.decimals, field="amount", allow_negative=True)
+        if units == 0:
+            raise CommandError("Error: amount must not be 0")
+        reason = one_line(arg)
+        actor = self.actor
+        self.answer(lambda: self._top_up(uid, units, reason, actor))
+
+    async def _top_up(self, uid: str, units: int, reason: str, actor: str) -> str:
+        balance, _ = await self.runtime.store.top_up(
+            uid, units, op_id=f"jcli-{uuid.uuid4().hex}", actor=actor, reason=reason,
+            kind="topup" if units > 0 else "adjust")
+        if units > 0:
+            return (f"Successfully added {self.amount(units)} credits to {uid}:"
+                    f" balance {self.amount(balance)}")
+        return (f"Successfully subtracted {self.amount(-units)} credits from {uid}:"
+                f" balance {self.amount(balance)}")
+
+    # -- credit -r ----------------------------------------------------------------------
+
+    def remove(self, arg: str, opts: Any) -> None:
+        uid = check_uid_line(opts.remove)
+        actor = self.actor
+        self.answer(lambda: self._remove(uid, actor))
+
+    async def _remove(self, uid: str, actor: str) -> str:
+        try:
+            balance = await self.runtime.store.remove(uid, actor)
+        except UnknownWallet:
+            raise CommandError(f"Error: user {uid} has no wallet") from None
+        return (f"Successfully removed the wallet of {uid} (balance was"
+                f" {self.amount(balance)}; its logs are kept)")
+
+    # -- credit -u (interactive) ----------------------------------------------------------
+
+    def update(self, arg: str, opts: Any) -> None:
+        uid = opts.update
+        self.require_user(uid)
+        for line in SESSION_HELP:
+            self.protocol.sendData(line, prompt=False)
+        self.saving = False
+        self.startSession(
+            self.update_session,
+            annoucement=f"Updating credit settings of {uid}: (ok: save, ko: exit)",
+            completitions=[*SETTING_KEYS, "ok", "ko"],
+            sessionContext={"uid": uid})
+
+    @Session
+    def update_session(self, cmd: str | None, arg: str, line: Any) -> Any:
+        if self.saving:
+            return self.protocol.sendData("Saving, please wait")
+        if cmd is None or cmd == "":
+            if line:
+                return self.protocol.sendData(f"Unknown credit key: {one_line(line)}")
+            return self.protocol.sendData()
+        if cmd == "ok":
+            if not self.sessBuffer:
+                return self.protocol.sendData("Nothing to save")
+            return self._save()
+        if cmd not in SETTING_KEYS:
+            return self.protocol.sendData(
+                f"Unknown credit key: {cmd}; keys: {', '.join(SETTING_KEYS)}")
+        field, kind = SETTING_KEYS[cmd]
+        try:
+            self.sessBuffer[field] = self._setting_value(cmd, kind, arg.strip())
+        except Exception as error:
+            return self.protocol.sendData(one_line(error_line(error)))
+        return self.protocol.sendData()
+
+    def _setting_value(self, key: str, kind: str, text: str) -> int | None:
+        if text == "":
+            raise CommandError(f"Error: {key} needs a value (or none)")
+        if text.lower() == "none":
+            return None
+        if kind == "credits":
+            return parse_amount(text, self.runtime.decimals, field=key)
+        if not text.isdigit():
+            raise CommandError(f"Error: {key} must be a whole number of messages, got '{text}'")
+        return int(text)
+
+    def _save(self) -> Any:
+        uid = self.sessionContext["uid"]
+        settings = dict(self.sessBuffer)
+        self.saving = True
+
+        async def save() -> None:
+            try:
+                await self.runtime.store.configure(uid, settings)
+            finally:
+                self.saving = False
+            self.protocol.sendData(
+                f"Successfully updated credit settings of {uid}: {self._describe(settings)}",
+                prompt=False)
+            self.stopSession()
+
+        return self.answer(save)
+
+    def _describe(self, settings: dict[str, int | None]) -> str:
+        names = {field: key for key, (field, _) in SETTING_KEYS.items()}
+        parts = []
+        for field, value in settings.items():
+            kind = SETTING_KEYS[names[field]][1]
+            shown = "none" if value is None else (
+                self.amount(value) if kind == "credits" else str(value))
+            parts.append(f"{names[field]}={shown}")
+        return ", ".join(parts)
+
+    # -- credit --log / --events ------------------------------------------------------------
+
+    def log(self, arg: str, opts: Any) -> None:
+        self._stream("log", opts.log, opts)
+
+    def events(self, arg: str, opts: Any) -> None:
+        self._stream("events", opts.events, opts)
+
+    def _stream(self, which: str, uid: str, opts: Any) -> None:
+        uid = check_uid_line(uid)
+        since = self.day_bounds(opts.since, "--since")[0] if opts.since else None
+        until = self.day_bounds(opts.until, "--until")[1] if opts.until else None
+        if since is not None and until is not None and since > until:
+            raise CommandError("Error: --since is after --until")
+        types = None
+        if opts.type:
+            types = frozenset(t.strip() for t in opts.type.split(",") if t.strip())
+            unknown = types - LOG_TYPES
+            if which == "log" and unknown:
+                raise CommandError(
+                    f"Error: unknown log type(s) {', '.join(sorted(unknown))};"
+                    f" types: {', '.join(sorted(LOG_TYPES))}")
+        if opts.page is not None and opts.before is not None:
+            raise CommandError("Error: use --page or --before, not both")
+        page = page_number(opts.page)
+        if opts.before is not None and not _CURSOR.match(opts.before):
+            raise CommandError(
+                f"Error: --before needs a cursor such as 1763456789012-0, got '{opts.before}'")
+        query = {"since_ms": since, "until_ms": until, "types": types}
+        if opts.csv:
+            self.answer(lambda: self._csv(which, uid, query, opts.csv))
+        else:
+            self.answer(lambda: self._page(which, uid, query, page, opts.before))
+
+    def _reader(self, which: str) -> Any:
+        store = self.runtime.store
+        return store.log if which == "log" else store.events
+
+    async def _page(self, which: str, uid: str, query: dict[str, Any], page: int,
+                    before: str | None) -> list[str]:
+        read = self._reader(which)
+        if before is not None:
+            entries, _ = await read(uid, count=PAGE_SIZE + 1, before=before, **query)
+            shown, more = entries[:PAGE_SIZE], len(entries) > PAGE_SIZE
+            first = 1
+        else:
+            wanted = page * PAGE_SIZE
+            entries, _ = await read(uid, count=wanted + 1, **query)
+            shown, more = entries[wanted - PAGE_SIZE:wanted], len(entries) > wanted
+            first = wanted - PAGE_SIZE + 1
+        title = "credit log" if which == "log" else "events"
+        if not shown:
+            return [f"No {title} entries for {uid}" + (" on this page" if page > 1 else "")]
+        lines = self._log_table(shown) if which == "log" else self._events_table(shown)
+        position = (f"entries {first}-{first + len(shown) - 1}" if before is None
+                    else f"{len(shown)} entries before {before}")
+        lines.append(f"{title.capitalize()} of {uid}, newest first: {position}")
+        if more:
+            hint = (f"--page {page + 1} or --before {shown[-1].id}" if before is None
+                    else f"--before {shown[-1].id}")
+            lines.append(f"More entries: repeat the command with {hint}")
+        else:
+            lines.append("End of the " + title)
+        return lines
+
+    def _log_table(self, entries: Sequence[LogEntry]) -> list[str]:
+        rows = []
+        for e in entries:
+            f = e.fields
+            rows.append([
+                self.local_time(e.ts_ms), e.type,
+                self.amount(e.int_field("amount")), self.amount(e.int_field("balance")),
+                f.get("msgid") or "-", f.get("country") or "-",
+                f.get("parts") if f.get("parts") not in (None, "", "0") else "-",
+                f.get("actor") or "-", one_line(f.get("reason") or "-"),
+            ])
+        header = ["Time", "Type", "Amount", "Balance", "Message id", "Country", "Parts",
+                  "Actor", "Reason"]
+        return table(header, rows, right=(2, 3, 6))
+
+    def _events_table(self, entries: Sequence[LogEntry]) -> list[str]:
+        rows = [[self.local_time(e.ts_ms), e.type, self._details(e)] for e in entries]
+        return table(["Time", "Type", "Details"], rows)
+
+    def _details(self, entry: LogEntry) -> str:
+        parts = []
+        for key, value in entry.fields.items():
+            if value in ("", None):
+                continue
+            if value != "none" and value.lstrip("-").isdigit() and (
+                    key in _AMOUNT_FIELDS or (
+                        key == "limit" and entry.fields.get("code") in _CREDIT_LIMIT_CODES)):
+                value = self.amount(int(value))
+            parts.append(f"{key}={one_line(value)}")
+        return " ".join(parts) or "-"
+
+    async def _csv(self, which: str, uid: str, query: dict[str, Any], path: str) -> str:
+        read = self._reader(which)
+        entries: list[LogEntry] = []
+        before = None
+        while True:
+            batch, cursor = await read(uid, count=CSV_BATCH, before=before, **query)
+            entries += batch
+            if cursor is None or len(batch) < CSV_BATCH:
+                break
+            before = cursor
+        if which == "log":
+            columns = ["id", "time", "type", "amount", "balance", "msgid", "country", "dest",
+                       "parts", "actor", "reason", "ref"]
+        else:
+            extra = sorted({k for e in entries for k in e.fields})
+            columns = ["id", "time", "type", *extra]
+        try:
+            with open(path, "w", newline="", encoding="utf-8") as out:
+                writer = csv.writer(out)
+                writer.writerow(columns)
+                for e in entries:
+                    values = {**e.fields, "id": e.id, "time": self.local_time(e.ts_ms),
+                              "type": e.type}
+                    for key in ("amount", "balance"):
+                        if which == "log" and key in e.fields:
+                            values[key] = self.amount(e.int_field(key))
+                    writer.writerow([values.get(c, "") for c in columns])
+        except OSError as error:
+            raise CommandError(f"Error: cannot write {path}: {error.strerror or error}") from None
+        title = "credit log" if which == "log" else "events"
+        return f"Wrote {len(entries)} {title} rows of {uid} to {path}"
+

@@ -1,0 +1,485 @@
+"""Settle reservations from Jasmin's own AMQP events.
+
+A reservation travels with the message: the charging step sets ``pdu.jasmin_credits =
+{"uid", "ref", "parts"}`` on the SubmitSM (:func:`tag_pdu`), Jasmin pickles that PDU into the
+``submit.sm.<cid>`` message, and :class:`Settlement` reads it back there:
+
+- ``submit.sm.*`` (property ``message-id`` = Jasmin msgid, body = pickled SubmitSM): a tagged
+  PDU links ``parts`` parts of its reservation to the msgid (``store.link``). Untagged
+  messages (users without a wallet, pass policies) are not ours.
+- ``dlr.submit_sm_resp`` (body = status name): ``ESME_ROK`` commits, an error refunds.
+  Jasmin publishes this event for *every* response, including errors it will retry
+  (``[sm-listener] submit_error_retrial``), and says nothing about which attempt it was:
+  the retry counter lives in the listener's memory (``submit_retrials``), is reset when
+  jasmind restarts, and counts not-bound requeues too. So an error whose status is in
+  ``retry_statuses`` is never taken as final by default (``unknown_outcome_policy='wait'``):
+  a later ``ESME_ROK`` commits it, and if the retries all fail the sweeper settles it after
+  ``unanswered_timeout`` by its ``unanswered_policy``. ``'refund'`` refunds at once instead
+  (a retry that then succeeds is not charged: the store never charges a refunded message).
+  On success the upstream id (header ``smpp_msgid``) is mapped to the msgid, with a TTL,
+  but only when DLR refunds are enabled.
+- ``dlr.deliver_sm`` (property ``message-id`` = upstream id as Jasmin codes it for the
+  connector, body = stat): a stat in ``dlr_refund_stats`` refunds the message (charged or
+  not). If the receipt overtakes the response that maps its id, it is parked and the
+  response applies it (each side writes, then reads the other's key, so one of them sees
+  both).
+
+The store makes every call idempotent, so redeliveries, two consumers, or two gateways
+sharing or duplicating the queues settle each message once.
+
+:class:`SettlementConsumer` wires the handlers to queues of our own on exchange
+``messaging``: it acks after the store call succeeded, requeues after ``requeue_delay`` when
+Redis is unavailable (never lost, never a hot loop) and acks (after logging) a message it
+cannot read, so one bad message never stops settlement.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from txamqp.client import Closed as ClientClosed
+from txamqp.queue import Closed as QueueClosed
+
+from .amqp import QUEUE_PREFIX, AmqpConnection, AmqpSettings, declare_bound_queue
+from .errors import StoreUnavailable
+from .keys import check_uid
+from .store import CreditStore, created_ms
+
+log = logging.getLogger("jasmin-credits.settlement")
+
+PDU_ATTRIBUTE = "jasmin_credits"
+"""Name of the attribute our charging step sets on the SubmitSM PDU."""
+
+JASMIN_RETRY_STATUSES = frozenset({"ESME_RSYSERR", "ESME_RTHROTTLED", "ESME_RMSGQFUL",
+                                   "ESME_RINVSCHED"})
+"""Statuses Jasmin 0.11.1 retries by default (``[sm-listener] submit_error_retrial``).
+
+Pass the keys of your own ``submit_error_retrial`` if you changed it, e.g.
+``SMPPClientSMListenerConfig(path).submit_error_retrial``.
+"""
+
+SUBMIT_SM_KEYS = ("submit.sm.*",)
+SUBMIT_SM_RESP_KEYS = ("dlr.submit_sm_resp",)
+DELIVER_SM_KEYS = ("dlr.deliver_sm",)
+
+
+# -- the tag on the PDU -----------------------------------------------------------------------
+
+def tag_pdu(pdu: Any, uid: str, ref: str, parts: int) -> None:
+    """Mark ``pdu`` as carrying ``parts`` parts of reservation ``ref`` of ``uid``."""
+    setattr(pdu, PDU_ATTRIBUTE, {"uid": uid, "ref": ref, "parts": int(parts)})
+
+
+def read_tag(pdu: Any) -> dict[str, Any] | None:
+    """The tag :func:`tag_pdu` set, or None; raises ValueError if it is not well formed."""
+    tag = getattr(pdu, PDU_ATTRIBUTE, None)
+    if tag is None:
+        return None
+    if not isinstance(tag, dict):
+        raise ValueError(f"{PDU_ATTRIBUTE} is not a dict: {tag!r}")
+    uid, ref, parts = tag.get("uid"), tag.get("ref"), tag.get("parts")
+    check_uid(uid)  # type: ignore[arg-type]
+    if not isinstance(ref, str):
+        raise ValueError(f"bad reservation ref {ref!r}")
+    created_ms(ref)
+    if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
+        raise ValueError(f"bad part count {parts!r}")
+    return {"uid": uid, "ref": ref, "parts": parts}
+
+
+# -- reading Jasmin's pickled SubmitSM ----------------------------------------------------------
+
+_SAFE_BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "bytes", "bytearray",
+                            "str", "int", "float", "bool", "complex", "object"})
+_SAFE_GLOBALS = frozenset({("_codecs", "encode"), ("copyreg", "_reconstructor"),
+                           ("collections", "OrderedDict")})
+
+
+class _PduUnpickler(pickle.Unpickler):
+    """Loads what Jasmin pickles into ``submit.sm.*`` (smpp.pdu and jasmin objects), nothing else.
+
+    The body comes from Jasmin's own queue, but anyone who can publish on the broker could
+    put a pickle there: refusing every other global keeps that from running code here.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.split(".")[0] in ("smpp", "jasmin") or (module, name) in _SAFE_GLOBALS or (
+                module == "builtins" and name in _SAFE_BUILTINS):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_submit_sm(body: bytes) -> Any:
+    """Unpickle the SubmitSM of a ``submit.sm.*`` message; ValueError if it is not one."""
+    from smpp.pdu.operations import SubmitSM
+
+    try:
+        pdu = _PduUnpickler(io.BytesIO(body)).load()
+    except Exception as error:
+        raise ValueError(f"cannot unpickle the body: {error}") from None
+    if not isinstance(pdu, SubmitSM):
+        raise ValueError(f"the body is a {type(pdu).__name__}, not a SubmitSM")
+    return pdu
+
+
+# -- the handlers ------------------------------------------------------------------------------
+
+class Outcome(Enum):
+    """What a handler did with one event."""
+
+    SETTLED = "settled"
+    """The store was called (link, commit or refund)."""
+    WAITING = "waiting"
+    """A retriable error: nothing settled, a later event or the sweeper will."""
+    IGNORED = "ignored"
+    """Not ours, or nothing to do under the configured policy."""
+    MALFORMED = "malformed"
+    """The message cannot be read; logged."""
+
+
+class Malformed(ValueError):
+    """An event is not shaped like the ones Jasmin publishes."""
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return str(value)
+
+
+def _message_id(properties: Mapping[str, Any]) -> str:
+    msgid = _text(properties.get("message-id") or "").strip()
+    if not msgid:
+        raise Malformed("no message-id property")
+    return msgid
+
+
+def _headers(properties: Mapping[str, Any]) -> Mapping[str, Any]:
+    headers = properties.get("headers") or {}
+    if not isinstance(headers, Mapping):
+        raise Malformed(f"headers is a {type(headers).__name__}")
+    return headers
+
+
+def _status(body: Any) -> str:
+    status = _text(body).strip()
+    if not status or len(status) > 64 or not status.replace("_", "").isalnum():
+        raise Malformed(f"not a status name: {status[:64]!r}")
+    return status
+
+
+class Settlement:
+    """Turns Jasmin's events into store calls. Every handler is a coroutine taking the raw
+    AMQP ``body`` (bytes) and ``properties`` (with ``message-id`` and ``headers``).
+
+    Handlers return an :class:`Outcome` (``MALFORMED`` after logging an unreadable message)
+    and raise :class:`StoreUnavailable` when Redis is unavailable: the caller retries later.
+    """
+
+    def __init__(
+        self,
+        store: CreditStore,
+        *,
+        unknown_outcome_policy: str = "wait",
+        dlr_refund_stats: Iterable[str] = frozenset(),
+        retry_statuses: Iterable[str] = JASMIN_RETRY_STATUSES,
+        smsc_map_ttl_ms: int | None = None,
+        dlr_park_ttl_ms: int = 3_600_000,
+    ):
+        if unknown_outcome_policy not in ("wait", "refund"):
+            raise ValueError("unknown_outcome_policy must be 'wait' or 'refund'")
+        self.store = store
+        self.unknown_outcome_policy = unknown_outcome_policy
+        self.dlr_refund_stats = frozenset(s.upper() for s in dlr_refund_stats)
+        self.retry_statuses = frozenset(retry_statuses)
+        if smsc_map_ttl_ms is None:
+            smsc_map_ttl_ms = int(store.settings.message_link_ttl.total_seconds() * 1000)
+        self.smsc_map_ttl_ms = smsc_map_ttl_ms
+        self.dlr_park_ttl_ms = dlr_park_ttl_ms
+
+    # Redis keys of this module (candidates for keys.Keys).
+
+    def smsc_key(self, smpp_msgid: str) -> str:
+        """Upstream (SMSC) message id -> Jasmin msgid, written on ``ESME_ROK``."""
+        return f"{self.store.keys.prefix}:smsc:{smpp_msgid}"
+
+    def parked_dlr_key(self, smpp_msgid: str) -> str:
+        """A refunding receipt that arrived before the response mapped its upstream id."""
+        return f"{self.store.keys.prefix}:smsc-dlr:{smpp_msgid}"
+
+    async def _redis(self, *args: Any) -> Any:
+        # The store's command path: call timeout and StoreUnavailable on trouble.
+        return await self.store._command(*args)
+
+    # Dispatch.
+
+    async def handle(self, routing_key: str, body: bytes, properties: Mapping[str, Any]
+                     ) -> Outcome:
+        """Route one event by its routing key."""
+        if routing_key == "dlr.submit_sm_resp":
+            return await self.submit_sm_resp(body, properties)
+        if routing_key == "dlr.deliver_sm":
+            return await self.deliver_sm(body, properties)
+        if routing_key.startswith("submit.sm.") and not routing_key.startswith("submit.sm.resp."):
+            return await self.submit_sm(body, properties)
+        log.warning("unexpected routing key %r: ignored", routing_key)
+        return Outcome.IGNORED
+
+    async def _guard(self, what: str, coro: Awaitable[Outcome]) -> Outcome:
+        try:
+            return await coro
+        except (Malformed, ValueError, TypeError, KeyError, UnicodeError) as error:
+            log.error("malformed %s event dropped: %s", what, error)
+            return Outcome.MALFORMED
+
+    # submit.sm.<cid>
+
+    async def submit_sm(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
+        """Link a tagged SubmitSM's reservation to its Jasmin message id."""
+        return await self._guard("submit.sm", self._submit_sm(body, properties))
+
+    async def _submit_sm(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
+        msgid = _message_id(properties)
+        tag = read_tag(load_submit_sm(body))
+        if tag is None:
+            return Outcome.IGNORED
+        settled = await self.store.link(tag["uid"], tag["ref"], msgid, tag["parts"])
+        if not settled.found:
+            log.warning("submit.sm %s: reservation %s of %s is gone (expired or wallet "
+                        "removed): not linked", msgid, tag["ref"], tag["uid"])
+        return Outcome.SETTLED
+
+    # dlr.submit_sm_resp
+
+    async def submit_sm_resp(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
+        """Commit on ``ESME_ROK``, refund on a final error, wait on a retriable one."""
+        return await self._guard("dlr.submit_sm_resp", self._submit_sm_resp(body, properties))
+
+    async def _submit_sm_resp(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
+        msgid = _message_id(properties)
+        status = _status(body)
+        headers = _headers(properties)
+        if status == "ESME_ROK":
+            await self.store.settle_message(msgid, True)
+            smpp_msgid = _text(headers.get("smpp_msgid") or "").strip()
+            if self.dlr_refund_stats and smpp_msgid:
+                await self._map_smsc_id(smpp_msgid, msgid)
+            return Outcome.SETTLED
+        if status in self.retry_statuses and self.unknown_outcome_policy == "wait":
+            log.info("submit_sm_resp %s for %s: Jasmin may retry it; left open", status, msgid)
+            return Outcome.WAITING
+        await self.store.settle_message(msgid, False, reason=status)
+        return Outcome.SETTLED
+
+    async def _map_smsc_id(self, smpp_msgid: str, msgid: str) -> None:
+        await self._redis("SET", self.smsc_key(smpp_msgid), msgid, "PX", self.smsc_map_ttl_ms)
+        parked = await self._redis("GET", self.parked_dlr_key(smpp_msgid))
+        if parked:
+            await self._refund_by_dlr(msgid, _text(parked))
+            await self._redis("DEL", self.parked_dlr_key(smpp_msgid))
+
+    # dlr.deliver_sm
+
+    async def deliver_sm(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
+        """Refund a message whose delivery receipt stat is in ``dlr_refund_stats``."""
+        return await self._guard("dlr.deliver_sm", self._deliver_sm(body, properties))
+
+    async def _deliver_sm(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
+        smpp_msgid = _message_id(properties)
+        if not self.dlr_refund_stats:
+            return Outcome.IGNORED
+        stat = _status(body).upper()
+        if stat not in self.dlr_refund_stats:
+            return Outcome.IGNORED
+        msgid = await self._redis("GET", self.smsc_key(smpp_msgid))
+        if not msgid:
+            # Park it, then look again: the response may have mapped the id meanwhile.
+            await self._redis("SET", self.parked_dlr_key(smpp_msgid), stat,
+                              "PX", self.dlr_park_ttl_ms)
+            msgid = await self._redis("GET", self.smsc_key(smpp_msgid))
+            if not msgid:
+                log.debug("DLR %s for %s: no message mapped (yet): parked", stat, smpp_msgid)
+                return Outcome.IGNORED
+        return await self._refund_by_dlr(_text(msgid), stat)
+
+    async def _refund_by_dlr(self, msgid: str, stat: str) -> Outcome:
+        link = await self.store.message_link(msgid)
+        if link is None:
+            log.info("DLR %s for %s: message not linked to a reservation", stat, msgid)
+            return Outcome.IGNORED
+        uid, ref = link
+        await self.store.refund(uid, ref, reason=f"DLR {stat}", msgid=msgid)
+        return Outcome.SETTLED
+
+
+# -- the consumer ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QueueNames:
+    """Our queues. Two gateways using the same names share the work; different names make
+    each see every event (the store's idempotency makes both safe)."""
+
+    submit_sm: str = f"{QUEUE_PREFIX}.submit_sm"
+    submit_sm_resp: str = f"{QUEUE_PREFIX}.submit_sm_resp"
+    deliver_sm: str = f"{QUEUE_PREFIX}.deliver_sm"
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> QueueNames:
+        return cls(f"{prefix}.submit_sm", f"{prefix}.submit_sm_resp", f"{prefix}.deliver_sm")
+
+
+Handler = Callable[[bytes, Mapping[str, Any]], Awaitable[Outcome]]
+
+
+class SettlementConsumer:
+    """Consumes ``submit.sm.*``, ``dlr.submit_sm_resp`` and ``dlr.deliver_sm`` from
+    ``messaging`` through our own durable queues and feeds them to a :class:`Settlement`.
+
+    Acks after the handler returned; on :class:`StoreUnavailable` rejects with requeue after
+    ``requeue_delay`` seconds (the message stays unacked meanwhile, so ``prefetch`` also
+    bounds the retry rate); on anything else logs and acks. Up to ``prefetch`` messages per
+    queue are handled concurrently. Reconnects by itself (see :class:`AmqpConnection`).
+    """
+
+    def __init__(
+        self,
+        settlement: Settlement,
+        amqp: AmqpSettings,
+        *,
+        queues: QueueNames | None = None,
+        prefetch: int = 50,
+        requeue_delay: float = 5.0,
+        reactor: IReactorTCP | None = None,
+        clock: IReactorTime | None = None,
+    ):
+        self.settlement = settlement
+        self.queues = queues or QueueNames()
+        self.prefetch = prefetch
+        self.requeue_delay = requeue_delay
+        self.connection = AmqpConnection(amqp, self._on_ready, reactor=reactor, clock=clock)
+        self.clock = self.connection.clock
+        self._inflight: set[Deferred] = set()
+        self._timers: set[Any] = set()
+        self._stopping = False
+        self._started = False
+        self.handled: dict[Outcome | str, int] = {}
+        """Counts of handled events by outcome, plus ``requeued`` (for metrics and tests)."""
+
+    def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
+        s = self.settlement
+        return [
+            (self.queues.submit_sm, SUBMIT_SM_KEYS, s.submit_sm),
+            (self.queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS, s.submit_sm_resp),
+            (self.queues.deliver_sm, DELIVER_SM_KEYS, s.deliver_sm),
+        ]
+
+    def start(self) -> Deferred:
+        """Start consuming; the Deferred fires once the first connection consumes (or at
+        :meth:`stop`, if that comes first). Reconnection goes on regardless."""
+        self._stopping = False
+        if not self._started:
+            self._started = True
+            self.connection.start()
+        ready = self.connection.when_ready()
+        ready.addCallbacks(lambda _: None, lambda _: None)
+        return ready
+
+    def stop(self) -> Deferred:
+        """Stop: finish the messages in hand, close the connection, stop reconnecting."""
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self._stopping = True
+        for timer in list(self._timers):
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        if self._inflight:
+            await DeferredList(list(self._inflight), consumeErrors=True)
+        client = self.connection.client
+        if client is not None and not client.closed:
+            try:
+                await client.close(within=2)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        if self._started:
+            self._started = False
+            await self.connection.stop()
+
+    async def _on_ready(self, client: Any, channel: Any) -> None:
+        await channel.basic_qos(prefetch_count=self.prefetch)
+        for queue, keys, _ in self._routes():
+            await declare_bound_queue(channel, queue, keys)
+        for queue, _, handler in self._routes():
+            tag = f"{queue}.{uuid.uuid4().hex[:12]}"
+            await channel.basic_consume(queue=queue, no_ack=False, consumer_tag=tag)
+            incoming = await client.queue(tag)
+            Deferred.fromCoroutine(self._consume(incoming, channel, handler))
+
+    async def _consume(self, incoming: Any, channel: Any, handler: Handler) -> None:
+        while True:
+            try:
+                message = await incoming.get()
+            except (QueueClosed, ClientClosed):
+                return
+            if self._stopping:
+                continue  # left unacked: the broker requeues it when we close
+            d = Deferred.fromCoroutine(self._process(channel, message, handler))
+            self._inflight.add(d)
+            d.addBoth(self._done, d)
+
+    def _done(self, result: Any, d: Deferred) -> None:
+        self._inflight.discard(d)
+        if hasattr(result, "getTraceback"):
+            log.error("settlement consumer failure: %s", result.getTraceback())
+
+    def _count(self, what: Outcome | str) -> None:
+        self.handled[what] = self.handled.get(what, 0) + 1
+
+    async def _process(self, channel: Any, message: Any, handler: Handler) -> None:
+        content = message.content
+        try:
+            outcome = await handler(content.body, content.properties or {})
+        except StoreUnavailable as error:
+            log.warning("credit store unavailable (%s): %s requeued in %ss", error,
+                        message.routing_key, self.requeue_delay)
+            self._count("requeued")
+            timer = self.clock.callLater(self.requeue_delay, self._reject, channel,
+                                         message.delivery_tag)
+            self._timers.add(timer)
+            return
+        except Exception:
+            log.exception("cannot settle %s %r: dropped", message.routing_key,
+                          (content.properties or {}).get("message-id"))
+            outcome = Outcome.MALFORMED
+        self._count(outcome)
+        try:
+            await channel.basic_ack(delivery_tag=message.delivery_tag)
+        except Exception as error:  # noqa: BLE001 - the broker redelivers; idempotent
+            log.info("ack failed (%s): the event will be redelivered", error)
+
+    def _reject(self, channel: Any, delivery_tag: Any) -> None:
+        self._timers = {t for t in self._timers if t.active()}
+        try:
+            d = channel.basic_reject(delivery_tag=delivery_tag, requeue=True)
+        except Exception as error:  # noqa: BLE001 - channel gone: the broker requeued it
+            log.info("requeue failed (%s): the broker requeues on disconnect", error)
+            return
+        if isinstance(d, Deferred):
+            d.addErrback(lambda f: log.info("requeue failed: %s", f.getErrorMessage()))
+
+
+__all__ = [
+    "DELIVER_SM_KEYS", "JASMIN_RETRY_STATUSES", "PDU_ATTRIBUTE", "SUBMIT_SM_KEYS",
+    "SUBMIT_SM_RESP_KEYS", "Malformed", "Outcome", "QueueNames", "Settlement",
+    "SettlementConsumer", "load_submit_sm", "read_tag", "tag_pdu",
+]
