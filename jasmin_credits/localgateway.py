@@ -110,7 +110,9 @@ class LocalGateway:
     """Everything a Jasmin gateway needs, started under ``rundir`` on loopback.
 
     :param rundir: directory for configuration, stores, logs and the servers' data.
-    :param credits_config: passed to the launcher as ``--credits-config``.
+    :param credits_config: the jasmin-credits YAML file; the launcher gets a copy in
+        ``rundir`` pointing at this gateway's Redis and RabbitMQ (card paths made absolute),
+        with ``credits_overrides`` merged in (e.g. ``{"settlement": {...}}``).
     :param provision: run :meth:`provision` at the end of :meth:`start`.
     :param interceptord: start Jasmin's interceptord; default: only without ``credits_config``
         (a credits runtime intercepting in process needs none).
@@ -131,9 +133,12 @@ class LocalGateway:
                  dlr_daemons: bool = True, smsc_args: Iterable[str] = (),
                  launcher_argv: list[str] | None = None,
                  extra_env: Mapping[str, str] | None = None,
-                 startup_timeout: float = 60.0) -> None:
+                 startup_timeout: float = 60.0,
+                 credits_overrides: Mapping[str, Any] | None = None) -> None:
         self.rundir = Path(rundir).resolve()
-        self.credits_config = Path(credits_config).resolve() if credits_config else None
+        self.credits_source = Path(credits_config).resolve() if credits_config else None
+        self.credits_overrides = dict(credits_overrides or {})
+        self.credits_config = self.rundir / "credits.yaml" if credits_config else None
         self.provision_on_start = provision
         if interceptord is None:
             interceptord = self.credits_config is None
@@ -251,6 +256,8 @@ class LocalGateway:
         self.rabbitmq = RabbitMQServer(self.rundir / "rabbitmq")
         self.ports["amqp"] = self.rabbitmq.port
         self.write_config()
+        if self.credits_source is not None:
+            self.write_credits_config()
         self.interceptor_script.write_text(PASS_THROUGH_SCRIPT)
 
         self.redis.start()
@@ -403,6 +410,24 @@ class LocalGateway:
             lines.append("")
         self.config_path.write_text("\n".join(lines))
         return self.config_path
+
+    def write_credits_config(self) -> Path:
+        """Copy the credits config into ``rundir``, pointed at this gateway's services."""
+        import yaml
+
+        data = yaml.safe_load(self.credits_source.read_text()) or {}
+        base = self.credits_source.parent
+        data.setdefault("redis", {}).update(host="127.0.0.1", port=self.redis_port)
+        data.setdefault("amqp", {}).update(host="127.0.0.1", port=self.amqp_port)
+        cards = data.setdefault("cards", {})
+        cards["files"] = [str((base / f).resolve()) for f in cards.get("files") or []]
+        for section, values in self.credits_overrides.items():
+            if isinstance(values, Mapping):
+                data.setdefault(section, {}).update(values)
+            else:
+                data[section] = values
+        self.credits_config.write_text(yaml.safe_dump(data, sort_keys=False))
+        return self.credits_config
 
     # -- provisioning -------------------------------------------------------------------------
 

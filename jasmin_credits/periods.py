@@ -8,8 +8,8 @@ Each usage key expires a little after its period ends: no cron job resets anythi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from zoneinfo import ZoneInfo
 
 KINDS = ("day", "week", "month")

@@ -12,17 +12,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import txredisapi
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from .charging import Charger
 from .config import CreditsConfig, load_config
-from .errors import ConfigError, Refusal
+from .errors import ConfigError, Refusal, StoreUnavailable
 from .interceptors.inprocess import InProcessInterceptor
 from .keys import Keys
 from .pricing import Pricer, Quote
 from .ratecard import RateCard, load_card
+from .redis_client import connection_pool
 from .store import CreditStore
 
 log = logging.getLogger("jasmin-credits")
@@ -109,16 +109,20 @@ class CreditsRuntime:
     async def _start(self) -> None:
         if self.redis is None:
             r = self.config.redis
-            pool = txredisapi.lazyConnectionPool(
-                host=r.host, port=r.port, dbid=r.db, poolsize=r.poolsize, reconnect=True,
-                password=r.password, connectTimeout=r.connect_timeout, convertNumbers=False,
-            )
-            self._wire(pool)
-        await self.refresh_assignments()
-        if self.config.settlement.enabled:
-            from .services import start_settlement
+            self._wire(connection_pool(
+                self.reactor, r.host, r.port, db=r.db, poolsize=r.poolsize,
+                password=r.password, connect_timeout=r.connect_timeout,
+            ))
+        try:
+            await self.refresh_assignments()
+        except StoreUnavailable as error:
+            # Start anyway: charging fails closed (or open) until Redis answers.
+            log.error("credit store unavailable at start: %s", error)
+        from .services import CardReloadListener, start_settlement
 
-            self.services = await start_settlement(self)
+        self.services = [CardReloadListener(self)]
+        if self.config.settlement.enabled:
+            self.services += await start_settlement(self)
 
     def stop(self) -> Deferred:
         """Stop settlement and the sweeper, close Redis."""

@@ -101,7 +101,7 @@ def read_tag(pdu: Any) -> dict[str, Any] | None:
 _SAFE_BUILTINS = frozenset({"dict", "list", "tuple", "set", "frozenset", "bytes", "bytearray",
                             "str", "int", "float", "bool", "complex", "object"})
 _SAFE_GLOBALS = frozenset({("_codecs", "encode"), ("copyreg", "_reconstructor"),
-                           ("collections", "OrderedDict")})
+                           ("copy_reg", "_reconstructor"), ("collections", "OrderedDict")})
 
 
 class _PduUnpickler(pickle.Unpickler):
@@ -113,7 +113,8 @@ class _PduUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if module.split(".")[0] in ("smpp", "jasmin") or (module, name) in _SAFE_GLOBALS or (
-                module == "builtins" and name in _SAFE_BUILTINS):
+                module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS):
+            # (protocol 2 names builtins "__builtin__"; the base class maps it back)
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 

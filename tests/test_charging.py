@@ -111,7 +111,7 @@ class ChargingTests(TestCase):
 class InProcessInterceptorTests(TestCase):
     async def interceptor(self, balance=10_000):
         self.store = await make_store(self)
-        if balance:
+        if balance is not None:
             await self.store.top_up("alice", balance, op_id="f", actor="t")
         pricer = test_pricer()
         self.config = parse_config({}, "test.yaml")
@@ -130,7 +130,7 @@ class InProcessInterceptorTests(TestCase):
         client = await self.interceptor(balance=0)
         answer = await client.run_script("pass", routable(smpp_message()))
         self.assertEqual((answer["smpp_status"], answer["http_status"]), (0x65, 402))
-        self.assertEqual(answer["extra"]["jasmin_credits"], "no_wallet")
+        self.assertEqual(answer["extra"]["jasmin_credits"], "insufficient_credit")
 
     async def test_operator_script_refusal_wins_and_charges_nothing(self):
         """The operator's script runs first; its refusal is answered, nothing is held."""

@@ -24,6 +24,7 @@ from jasmin_credits.settlement import (
     QueueNames,
     Settlement,
     SettlementConsumer,
+    load_submit_sm,
     read_tag,
     tag_pdu,
 )
@@ -109,6 +110,24 @@ class TagTests(TestCase):
         self.assertEqual(getattr(pdu, PDU_ATTRIBUTE)["parts"], 2)
         self.assertEqual(read_tag(pdu), {"uid": UID, "ref": "1795000000000-abcdef012345",
                                          "parts": 2})
+
+    def test_jasmin_factory_chain_loads(self):
+        """A long SubmitSM built by Jasmin's SMPPOperationFactory loads under pickle 2 and 5."""
+        from jasmin.protocols.smpp.configs import SMPPClientConfig
+        from jasmin.protocols.smpp.operations import SMPPOperationFactory
+        from smpp.pdu.pdu_types import RegisteredDelivery, RegisteredDeliveryReceipt
+
+        factory = SMPPOperationFactory(SMPPClientConfig(id="smsc01"), long_content_max_parts=5,
+                                       long_content_split="udh")
+        pdu = factory.SubmitSM(
+            source_addr=b"JC", destination_addr=b"33612345678", short_message=b"x" * 400,
+            registered_delivery=RegisteredDelivery(
+                RegisteredDeliveryReceipt.SMSC_DELIVERY_RECEIPT_REQUESTED))
+        tag_pdu(pdu, UID, "1795000000000-abcdef012345", 3)
+        for protocol in (2, pickle.HIGHEST_PROTOCOL):
+            loaded = load_submit_sm(pickle.dumps(pdu, protocol))
+            self.assertEqual(read_tag(loaded)["parts"], 3)
+            self.assertTrue(hasattr(loaded.nextPdu, "nextPdu"))
 
     def test_untagged_pdu_reads_none(self):
         """A PDU without our attribute has no tag."""

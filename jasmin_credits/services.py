@@ -1,0 +1,97 @@
+"""The background services of a running gateway: settlement, the sweeper, card reloads.
+
+Started by :class:`~jasmin_credits.runtime.CreditsRuntime`; each has ``stop()`` returning
+a Deferred. None of them blocks start-up: RabbitMQ or Redis being down at start only
+delays settlement (Jasmin keeps its events queued in our durable queues meanwhile).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import txredisapi
+from twisted.internet.defer import Deferred, succeed
+
+from .amqp import AmqpSettings
+from .errors import ConfigError
+from .settlement import QueueNames, Settlement, SettlementConsumer
+from .sweeper import Sweeper
+
+if TYPE_CHECKING:
+    from .runtime import CreditsRuntime
+
+log = logging.getLogger("jasmin-credits")
+
+
+class _ReloadProtocol(txredisapi.SubscriberProtocol):
+    def connectionMade(self) -> Any:  # noqa: N802 - Twisted API
+        d = super().connectionMade()
+        self.subscribe(self.factory.channel)
+        return d
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802
+        self.factory.on_message(str(message))
+
+
+class CardReloadListener:
+    """Re-reads cards or card assignments when any gateway announces a change.
+
+    ``price --reload`` and ``price -a`` on one gateway publish on the reload channel; every
+    gateway on the same Redis (this one included) applies it.
+    """
+
+    def __init__(self, runtime: CreditsRuntime):
+        self.runtime = runtime
+        config = runtime.config.redis
+        self.factory = txredisapi.SubscriberFactory()
+        self.factory.protocol = _ReloadProtocol
+        self.factory.channel = runtime.keys.reload_channel
+        self.factory.password = config.password
+        self.factory.on_message = self._on_message
+        self.factory.continueTrying = True
+        self.factory.maxDelay = 10
+        runtime.reactor.connectTCP(config.host, config.port, self.factory,
+                                   config.connect_timeout)
+
+    def _on_message(self, what: str) -> None:
+        if what == "cards":
+            try:
+                log.info("rate cards reloaded: %s", self.runtime.reload_local())
+            except ConfigError as error:
+                log.error("rate card reload refused, the old cards stay: %s", error)
+        elif what == "assignments":
+            d = Deferred.fromCoroutine(self.runtime.refresh_assignments())
+            d.addErrback(lambda f: log.error("card assignments not refreshed: %s", f.value))
+
+    def stop(self) -> Deferred:
+        self.factory.continueTrying = False
+        self.factory.stopTrying()
+        for conn in list(self.factory.pool):
+            conn.transport.loseConnection()
+        return succeed(None)
+
+
+async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
+    """Start settlement and the sweeper; return them (to stop)."""
+    config = runtime.config
+    s = config.settlement
+    a = config.amqp
+    settlement = Settlement(runtime.store, dlr_refund_stats=s.dlr_refund)
+    consumer = SettlementConsumer(
+        settlement,
+        AmqpSettings(host=a.host, port=a.port, vhost=a.vhost, username=a.username,
+                     password=a.password, heartbeat=a.heartbeat,
+                     connect_timeout=a.connect_timeout),
+        queues=QueueNames.with_prefix(s.queue_prefix),
+        reactor=runtime.reactor,
+        clock=runtime.reactor,
+    )
+    consumer.start().addErrback(lambda f: log.error("settlement consumer: %s", f.value))
+    sweeper = Sweeper(
+        runtime.store, clock=runtime.reactor,
+        unqueued_timeout=s.unqueued_timeout, unanswered_timeout=s.unanswered_timeout,
+        unanswered_policy=s.unanswered_policy, interval=s.sweep_interval,
+    )
+    sweeper.start()
+    return [consumer, sweeper]
