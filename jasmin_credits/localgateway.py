@@ -114,8 +114,10 @@ class LocalGateway:
         ``rundir`` pointing at this gateway's Redis and RabbitMQ (card paths made absolute),
         with ``credits_overrides`` merged in (e.g. ``{"settlement": {...}}``).
     :param provision: run :meth:`provision` at the end of :meth:`start`.
-    :param interceptord: start Jasmin's interceptord; default: only without ``credits_config``
-        (a credits runtime intercepting in process needs none).
+    :param interceptord: start an interceptord; default: only without ``credits_config``
+        (a credits runtime intercepting in process needs none). With ``credits_config``, it
+        is ours (``jasmin-credits-interceptord``, charging): set ``charging: {mode:
+        interceptor-pb}`` in ``credits_overrides`` so the launcher does not charge too.
     :param dlr_daemons: run ``dlrlookupd``/``dlrd`` (fast); False: jasmind's
         ``--enable-dlr-lookup --enable-dlr-thrower`` (about 5x slower delivery).
     :param smsc_args: extra simulator flags, e.g. ``["--fail", "3399=ESME_RSUBMITFAIL"]``.
@@ -266,7 +268,12 @@ class LocalGateway:
         self._spawn("smsc", [sys.executable, "-m", "jasmin_credits.smsc_simulator",
                              "--port", str(self.smsc_port), "--log", str(self.smsc_log),
                              "--dlr-delay", "0.05", *self.smsc_args])
-        if self.use_interceptord:
+        if self.use_interceptord and self.credits_config is not None:
+            self._spawn("interceptord", [sys.executable, "-m",
+                                         "jasmin_credits.interceptors.interceptord",
+                                         "-c", str(self.config_path),
+                                         "--credits-config", str(self.credits_config)])
+        elif self.use_interceptord:
             self._spawn("interceptord", [sys.executable, "-m", "jasmin.bin.interceptord",
                                          "-c", str(self.config_path)])
         self.rabbitmq.start()  # the slow one (~5 s): the others start meanwhile

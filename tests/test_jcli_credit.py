@@ -557,3 +557,24 @@ class CreditConsoleTests(JCliTestCase):
         """Jasmin's own commands answer as before (user -s through the router)."""
         s = await self.session()
         self.assertIn("Incorrect command", await s.run("nonsense"))
+
+
+class PublicNamesTests(TestCase):
+    def test_public_names(self):
+        """The jcli package exports install_jcli and the protocol class, nothing else."""
+        import jasmin_credits.jcli as package
+
+        self.assertEqual(sorted(package.__all__), ["CreditsJCliProtocol", "install_jcli"])
+
+    def test_install_swaps_protocol_builder(self):
+        """install_jcli makes the factory build our protocol inside Jasmin's telnet stack."""
+        factory = JCliFactory(jcli_config(), None, FakeRouter(), None)
+        install_jcli(factory, object())
+        transport = factory.buildProtocol(("127.0.0.1", 0))
+        transport.makeConnection(StringTransport())
+        self.addCleanup(transport.connectionLost, None)
+        terminal = transport.protocol.protocol.terminalProtocol
+        self.assertIsInstance(terminal, CreditsJCliProtocol)
+        self.assertIn("credit", terminal.commands)
+        self.assertIn("price", terminal.commands)
+        self.assertIn("user", terminal.commands)

@@ -1,7 +1,7 @@
 """``credit``/``price`` through a real telnet jCli of jasmind run by our launcher, and ``/credit``.
 
-The gateway runs the credits runtime in process (``--credits-config``) on the gateway's own
-Redis; settlement is off (these tests move money by hand only).
+The gateway runs the credits runtime in process (``--credits-config``: the example config
+pointed at the gateway's own Redis and RabbitMQ).
 """
 
 from __future__ import annotations
@@ -20,36 +20,19 @@ import pytest
 
 from jasmin_credits.localgateway import REPO_ROOT, LocalGateway
 
-CARDS = REPO_ROOT / "config" / "cards"
-
-
-class CreditsGateway(LocalGateway):
-    """A local gateway whose launcher gets a credits config pointing at its own Redis."""
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        credits = self.rundir / "credits.yaml"
-        credits.write_text(
-            "redis: {host: 127.0.0.1, port: %d, key_prefix: jce2e}\n"
-            "amqp: {host: 127.0.0.1, port: %d}\n"
-            "money: {decimals: 4, display_decimals: 2}\n"
-            "timezone: UTC\n"
-            "wallets: {missing: pass}\n"
-            "charging: {mode: in-process}\n"
-            "cards:\n"
-            "  files: [%s, %s]\n"
-            "  default: world\n"
-            "settlement: {enabled: false}\n"
-            % (self.redis_port, self.amqp_port, CARDS / "world.yaml", CARDS / "premium.yaml"))
-        self.credits_config = credits
-        return path
+CREDITS_CONFIG = REPO_ROOT / "config" / "credits.yaml"
+# The example config with its cards (default card world), a prefix of our own, and every
+# wallet charged in process; nothing else of the example changes.
+OVERRIDES = {"redis": {"key_prefix": "jce2e"}, "money": {"decimals": 4, "display_decimals": 2},
+             "timezone": "UTC", "wallets": {"missing": "pass"},
+             "charging": {"mode": "in-process"}}
 
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[LocalGateway]:
     """A provisioned gateway (user alice/alicepwd) with the credits runtime in jasmind."""
     rundir = Path(tempfile.mkdtemp(prefix="jc-e2e-jcli-"))
-    gw = CreditsGateway(rundir, interceptord=False)
+    gw = LocalGateway(rundir, CREDITS_CONFIG, credits_overrides=OVERRIDES)
     try:
         gw.start()
         yield gw
