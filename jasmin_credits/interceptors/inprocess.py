@@ -38,11 +38,12 @@ class InProcessInterceptor:
     def without_charging(self) -> InProcessInterceptor:
         return InProcessInterceptor(self.charger, self.config, charge=False)
 
-    def run_script(self, script: str, routable: Any) -> Deferred:
+    def run_script(self, script: Any, routable: Any) -> Deferred:
+        """Run ``script`` (Jasmin's ``InterceptorScript``, or its code) on ``routable``."""
         # Jasmin's stock client pickles the routable and interceptord runs the script on
         # the copy; here the script runs on Jasmin's own object, which Jasmin replaces by
         # our answer anyway.
-        result = run_script(script, routable)
+        result = run_script(getattr(script, "pyCode", script), routable)
         if result.failed or result.statuses is not None:
             return succeed(result.jasmin_answer())
         if not self.charge or not isinstance(result.routable, RoutableSubmitSm):

@@ -1,0 +1,96 @@
+"""Helpers for end-to-end credit tests: read and fund wallets in a gateway's Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from jasmin_credits.keys import Keys
+from jasmin_credits.localgateway import LocalGateway, wait_until
+from jasmin_credits.store import CreditStore, StoreSettings, Wallet
+from tests.sync_redis import SyncRedis
+
+REPO_CONFIG = "config/credits.yaml"
+# world.yaml prices in units of 1/10000 credit
+PRICE = {"447": 500, "33": 800, "1": 550}
+
+
+class WallClock(Clock):
+    """The real time, for a live gateway's periods; its timers never fire (every call of the
+    synchronous store completes at once)."""
+
+    def seconds(self) -> float:
+        return time.time()
+
+
+class Books:
+    """Synchronous access to the wallets of a running gateway (its Redis, prefix ``jc``)."""
+
+    def __init__(self, gateway: LocalGateway):
+        client = redis.Redis(host="127.0.0.1", port=gateway.redis_port, decode_responses=True)
+        clock = WallClock()
+        self.store = CreditStore(SyncRedis(client), clock=clock, reactor=clock,
+                                 keys=Keys("jc"), settings=StoreSettings(batch=False))
+        self._case = SynchronousTestCase()
+        self._ops = 0
+
+    def run(self, deferred: Any) -> Any:
+        return self._case.successResultOf(deferred)
+
+    def top_up(self, uid: str, amount: int) -> int:
+        self._ops += 1
+        balance, _ = self.run(self.store.top_up(uid, amount, op_id=f"e2e-{time.time_ns()}",
+                                                actor="e2e"))
+        return balance
+
+    def configure(self, uid: str, **settings: int | None) -> None:
+        self.run(self.store.configure(uid, {k.replace("__", ":"): v
+                                            for k, v in settings.items()}))
+
+    def wallet(self, uid: str) -> Wallet:
+        return self.run(self.store.wallet(uid))
+
+    def log(self, uid: str) -> list:
+        entries, _ = self.run(self.store.log(uid, count=10_000))
+        return entries
+
+    def wait_settled(self, uid: str, balance: int, timeout: float = 20.0) -> Wallet:
+        """Wait until ``uid`` has ``balance`` and nothing reserved."""
+        def settled() -> Wallet | None:
+            wallet = self.wallet(uid)
+            return wallet if (wallet.balance, wallet.reserved) == (balance, 0) else None
+
+        try:
+            return wait_until(settled, timeout, interval=0.1,
+                              message=f"{uid} settled at balance {balance}")
+        except TimeoutError:
+            wallet = self.wallet(uid)
+            raise AssertionError(f"{uid}: balance {wallet.balance}, reserved {wallet.reserved};"
+                                 f" expected balance {balance}, reserved 0") from None
+
+    def assert_log_sums(self, uid: str) -> None:
+        total = sum(e.int_field("amount") for e in self.log(uid))
+        assert total == self.wallet(uid).balance, (total, self.wallet(uid).balance)
+
+
+def provision_with_routes(gateway: LocalGateway, refusing_script: str | None = None) -> None:
+    """Group, alice, the connector, a route for every destination except ``4420...`` (so
+    those have no route), and a DefaultInterceptor (pass-through or ``refusing_script``)."""
+    with gateway.jcli() as jcli:
+        gateway.add_group(jcli)
+        gateway.add_user(jcli)
+        gateway.add_smsc_connector(jcli)
+        jcli.run("filter -a", ["type DestinationAddrFilter", "fid routable",
+                               "destination_addr ^(?!4420).*"])
+        jcli.run("mtrouter -a", ["type StaticMTRoute", "order 10", "filters routable",
+                                 "connector smppc(smsc)", "rate 0.00"])
+        script = None
+        if refusing_script is not None:
+            script = gateway.rundir / "operator_script.py"
+            script.write_text(refusing_script)
+        gateway.add_default_interceptor(jcli, script)
+    gateway.wait_connector_bound("smsc")

@@ -1,0 +1,187 @@
+"""Credits on a real gateway: our launcher charging in process, settled from Jasmin's events.
+
+Real redis-server, RabbitMQ, jasmind (through jasmin-credits-jasmind), the SMSC simulator,
+smpplib as the SMPP client and Jasmin's HTTP API.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from jasmin_credits.localgateway import LocalGateway
+from tests.e2e.conftest import wait_received
+from tests.e2e.credits_support import PRICE, REPO_CONFIG, Books, provision_with_routes
+
+UDHI = 0x40
+OPERATOR_SCRIPT = (
+    "if routable.pdu.params['destination_addr'].startswith(b'3366'):\n"
+    "    smpp_status = 0x0B\n"
+    "    http_status = 403\n"
+)
+OVERRIDES = {
+    "settlement": {"unqueued_timeout": 2, "unanswered_timeout": 60, "sweep_interval": 0.5},
+}
+
+
+def credits_gateway(overrides=None, **kwargs):
+    rundir = Path(tempfile.mkdtemp(prefix="jc-e2e-credits-"))
+    gateway = LocalGateway(rundir, REPO_CONFIG, provision=False,
+                           smsc_args=["--fail", "3398=ESME_RINVDSTADR"],
+                           credits_overrides=overrides or OVERRIDES, **kwargs)
+    return rundir, gateway
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    rundir, gw = credits_gateway()
+    try:
+        gw.start()
+        provision_with_routes(gw, OPERATOR_SCRIPT)
+        yield gw
+    finally:
+        gw.stop()
+    shutil.rmtree(rundir, ignore_errors=True)
+
+
+@pytest.fixture
+def books(gateway):
+    books = Books(gateway)
+    yield books
+    books.assert_log_sums("alice")
+
+
+def http(gateway, endpoint, **params):
+    query = urllib.parse.urlencode({"username": "alice", "password": "alicepwd", **params})
+    try:
+        with urllib.request.urlopen(f"{gateway.http_url}/{endpoint}?{query}",
+                                    timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def send(client, destination, text=b"hello", **kwargs):
+    seq = client.submit(destination, text, **kwargs)
+    client.pump(lambda: client.response_for(seq) is not None)
+    return client.response_for(seq)
+
+
+def test_uk_fr_us_are_charged_their_own_prices(gateway, smpp_client, books):
+    """Three SMPP messages: the balance falls by exactly the three card prices."""
+    start = books.top_up("alice", 100_000)
+    client = smpp_client()
+    responses = [send(client, d) for d in ("447911000001", "33612000001", "12025550001")]
+    assert [r.status for r in responses] == [0, 0, 0]
+    books.wait_settled("alice", start - PRICE["447"] - PRICE["33"] - PRICE["1"])
+    charges = [e for e in books.log("alice")[:3] if e.type == "charge"]
+    assert {e.fields["msgid"] for e in charges} == {r.message_id.decode()
+                                                    if isinstance(r.message_id, bytes)
+                                                    else r.message_id for r in responses}
+    assert {e.fields["country"] for e in charges} == {"GB", "FR", "US"}
+
+
+def test_three_part_udh_message_charges_three_parts(gateway, smpp_client, books):
+    """A 3-part UDH message over SMPP is charged 3 parts, each part with its message id."""
+    start = books.top_up("alice", 0)
+    client = smpp_client()
+    parts = [bytes([5, 0, 3, 0x33, 3, n]) + b"x" * 100 for n in (1, 2, 3)]
+    statuses = [send(client, "447911000002", p, esm_class=UDHI).status for p in parts]
+    assert statuses == [0, 0, 0]
+    books.wait_settled("alice", start - 3 * PRICE["447"])
+    charges = [e for e in books.log("alice")[:3] if e.type == "charge"]
+    assert len({e.fields["msgid"] for e in charges}) == 3
+
+
+def test_400_character_http_message_charges_three_parts(gateway, books):
+    """A 400-character message over HTTP /send is charged 3 parts."""
+    start = books.top_up("alice", 0)
+    status, body = http(gateway, "send", to="33612000003", content="a" * 400)
+    assert status == 200, body
+    books.wait_settled("alice", start - 3 * PRICE["33"])
+    [charge] = [e for e in books.log("alice")[:1]]
+    assert (charge.type, charge.fields["parts"]) == ("charge", "3")
+    assert charge.fields["msgid"] in body
+
+
+def test_no_credit_refused_and_nothing_reaches_smsc(gateway, smpp_client, books):
+    """At zero available credit the client gets ESME_RX_P_APPN and the SMSC sees nothing."""
+    balance = books.wallet("alice").balance
+    books.top_up("alice", -balance)
+    client = smpp_client()
+    assert send(client, "447911000004").status == 0x65
+    status, body = http(gateway, "send", to="447911000005", content="hi")
+    assert status == 402, body
+    rows = [r for r in gateway.smsc_received()
+            if r["destination_addr"] in ("447911000004", "447911000005")]
+    assert rows == []
+    books.wait_settled("alice", 0)
+
+
+def test_daily_limit_refused_with_its_status(gateway, smpp_client, books):
+    """A reached daily credit limit answers ESME_RX_T_APPN over SMPP and 429 over HTTP."""
+    books.top_up("alice", 100_000)
+    used = books.wallet("alice").usage[0].credits
+    books.configure("alice", lim__credits__day=used + PRICE["447"])
+    try:
+        client = smpp_client()
+        assert send(client, "447911000006").status == 0
+        assert send(client, "447911000007").status == 0x64
+        status, _ = http(gateway, "send", to="447911000008", content="hi")
+        assert status == 429
+    finally:
+        books.configure("alice", lim__credits__day=None)
+
+
+def test_smsc_error_gives_the_credits_back(gateway, smpp_client, books):
+    """The SMSC refuses (ESME_RINVDSTADR): the hold is released, nothing charged."""
+    start = books.top_up("alice", 10_000)
+    client = smpp_client()
+    assert send(client, "3398000001").status == 0  # Jasmin accepted and queued it
+    wait_received(gateway, "3398000001")
+    books.wait_settled("alice", start)
+    events = books.run(books.store.events("alice"))[0]
+    assert any(e.type == "released" and e.fields.get("reason") == "ESME_RINVDSTADR"
+               for e in events)
+
+
+def test_no_route_gives_the_credits_back_after_the_timeout(gateway, smpp_client, books):
+    """No route after the interceptor: the hold is never queued and released by the sweeper."""
+    start = books.top_up("alice", 10_000)
+    client = smpp_client()
+    assert send(client, "442071000001").status == 0x0B  # ESME_RINVDSTADR: no route
+    assert books.wallet("alice").reserved > 0  # held until the unqueued timeout
+    books.wait_settled("alice", start, timeout=15)
+
+
+def test_rate_charges_nothing(gateway, books):
+    """HTTP /rate runs the interceptor but holds and charges nothing."""
+    start = books.top_up("alice", 10_000)
+    status, body = http(gateway, "rate", to="447911000009", content="hello")
+    assert status == 200, body
+    wallet = books.wallet("alice")
+    assert (wallet.balance, wallet.reserved) == (start, 0)
+
+
+def test_operator_script_runs_first_and_can_refuse(gateway, smpp_client, books):
+    """The operator's interceptor script still refuses; a refused message holds nothing."""
+    start = books.top_up("alice", 10_000)
+    client = smpp_client()
+    assert send(client, "33660000001").status == 0x0B
+    wallet = books.wallet("alice")
+    assert (wallet.balance, wallet.reserved) == (start, 0)
+
+
+def test_invalid_and_unpriced_destinations_refused(gateway, smpp_client, books):
+    """Letters in the destination and an unpriced number are refused, never crash."""
+    books.top_up("alice", 10_000)
+    client = smpp_client()
+    assert send(client, "hello").status == 0x0B
+    assert send(client, "0999").status == 0x0B  # national format: no country code matches
+    assert books.wallet("alice").reserved == 0
