@@ -21,11 +21,12 @@ CLIENT = None
 
 
 class Res:
-    """The model of one reservation: parts held unlinked, queued, committed, refunded."""
+    """The model of one reservation: parts held unlinked or queued under its message id,
+    charged under that message id or without one."""
 
     def __init__(self, ref, unit, parts):
         self.ref, self.unit = ref, unit
-        self.unlinked, self.queued, self.committed = parts, 0, 0
+        self.unlinked, self.queued, self.msg_charged, self.charged = parts, 0, 0, 0
         self.msgid = None
 
 
@@ -82,11 +83,13 @@ class WalletMachine(RuleBasedStateMachine):
         if res is None or res.msgid is None:
             return
         self.run(self.store.settle_message(res.msgid, sent, "ESME_RSUBMITFAIL"))
-        amount = res.queued * res.unit
-        self.reserved -= amount
+        self.reserved -= res.queued * res.unit
         if sent:
-            self.balance -= amount
-            res.committed += res.queued
+            self.balance -= res.queued * res.unit
+            res.msg_charged += res.queued
+        else:  # an error after a charge (e.g. by the sweeper's policy) gives it back
+            self.balance += res.msg_charged * res.unit
+            res.msg_charged = 0
         res.queued = 0
 
     @rule(res=consumes(reservations))
@@ -95,23 +98,20 @@ class WalletMachine(RuleBasedStateMachine):
             return
         self.run(self.store.refund("u", res.ref, "operator"))
         self.reserved -= (res.unlinked + res.queued) * res.unit
-        self.balance += res.committed * res.unit
-        res.unlinked = res.queued = res.committed = 0
+        self.balance += (res.msg_charged + res.charged) * res.unit
+        res.unlinked = res.queued = res.msg_charged = res.charged = 0
 
     @rule(res=reservations)
     def commit_all(self, res):
         if res is None:
             return
         self.run(self.store.commit("u", res.ref))
-        if res.msgid is None:
-            held = res.unlinked
-            res.unlinked = 0
-        else:
-            held = res.queued
-            res.queued = 0
+        held = res.unlinked + res.queued
         self.reserved -= held * res.unit
         self.balance -= held * res.unit
-        res.committed += held
+        res.msg_charged += res.queued
+        res.charged += res.unlinked
+        res.unlinked = res.queued = 0
 
     @rule(res=reservations)
     def release(self, res):

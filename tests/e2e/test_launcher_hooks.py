@@ -30,9 +30,11 @@ class StubRuntime:
     @classmethod
     def from_config_file(cls, path: str) -> StubRuntime:
         """Read ``{"events": PATH, "in_process": bool}``; ``"invalid": true`` → ConfigError."""
+        import yaml  # LocalGateway rewrites the config as YAML (JSON is YAML too)
+
         from jasmin_credits.errors import ConfigError
 
-        config = json.loads(Path(path).read_text())
+        config = yaml.safe_load(Path(path).read_text())
         if config.get("invalid"):
             raise ConfigError(path, "invalid", "stub told to refuse")
         return cls(Path(config["events"]), config.get("in_process", True))
