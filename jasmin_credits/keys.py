@@ -42,6 +42,8 @@ class Keys:
         """Hash ``u:<uid>`` / ``g:<gid>`` -> rate card name, set from jCli."""
         self.reload_channel = f"{prefix}:reload"
         """Pub/sub channel telling every gateway to re-read rate cards."""
+        self.outbox = f"{prefix}:outbox"
+        """Stream of every user's events, read by the event publisher (AMQP, webhooks)."""
 
     def user(self, uid: str) -> str:
         """The common start of every key of ``uid``."""

@@ -273,6 +273,7 @@ class CreditStore:
                 self.keys.open(uid),
                 self.keys.open_users,
                 self.keys.concat(uid, concat.key) if concat else self.keys.concat(uid, "-"),
+                self.keys.outbox,
             ]
             args = [
                 uid,
@@ -340,6 +341,7 @@ class CreditStore:
             self.keys.open(uid),
             self.keys.open_users,
             self.keys.message(msgid or "-"),
+            self.keys.outbox,
         ]
         args = [
             uid,
@@ -441,6 +443,7 @@ class CreditStore:
                 self.keys.events(uid),
                 self.keys.op(uid, op_id),
                 self.keys.wallets,
+                self.keys.outbox,
             ],
             [
                 uid,
@@ -481,7 +484,7 @@ class CreditStore:
         now = self.now_ms()
         (status,) = await self._run(
             "configure",
-            [self.keys.wallet(uid), self.keys.events(uid), self.keys.wallets],
+            [self.keys.wallet(uid), self.keys.events(uid), self.keys.wallets, self.keys.outbox],
             [uid, now, _ms(self.settings.events_retention), "1" if create else "0", *pairs],
         )
         if status == NO_WALLET:
@@ -499,6 +502,7 @@ class CreditStore:
                 self.keys.wallets,
                 self.keys.open(uid),
                 self.keys.plan(uid),
+                self.keys.outbox,
             ],
             [uid, now, _ms(self.settings.events_retention), actor],
         )

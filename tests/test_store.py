@@ -240,3 +240,18 @@ class ScriptCacheTests(TestCase):
         await store.redis.execute_command("SCRIPT", "FLUSH")
         balance, _ = await store.top_up("alice", 5, op_id="b", actor="t")
         self.assertEqual(balance, 15)
+
+
+class OutboxTests(TestCase):
+    async def test_events_also_reach_the_outbox_with_their_user(self):
+        """Every event is copied to the outbox stream with its uid, for the publisher."""
+        store = await make_store(self)
+        await store.top_up("alice", 100, op_id="a", actor="t")
+        await store.configure("alice", {"low_balance": 50})
+        hold = await store.reserve("alice", 60, 1)
+        await store.commit("alice", hold.ref)
+        outbox = await store.redis.execute_command("XRANGE", store.keys.outbox, "-", "+")
+        kinds = [(dict(zip(f[::2], f[1::2], strict=True))["uid"],
+                  dict(zip(f[::2], f[1::2], strict=True))["type"]) for _, f in outbox]
+        self.assertEqual(kinds, [("alice", "topup"), ("alice", "settings"),
+                                 ("alice", "low_balance")])

@@ -20,9 +20,21 @@ local function xadd(key, retention_ms, fields)
   return redis.call(unpack(args))
 end
 
+-- An event goes to the user's events log and to the outbox stream, which the event
+-- publisher reads (AMQP exchange, webhooks). sink = {events = key, outbox = key,
+-- retention = ms, uid = uid}; every operation passes the outbox as its last key.
+local function emit(sink, fields)
+  xadd(sink.events, sink.retention, fields)
+  local out = {'XADD', sink.outbox, 'MAXLEN', '~', '1000000', '*', 'uid', sink.uid}
+  for i = 1, #fields do
+    out[#out + 1] = fields[i]
+  end
+  redis.call(unpack(out))
+end
+
 -- Low-balance alert: one event per downward crossing of the threshold; any change that
 -- brings the available credit back to the threshold or above re-arms it.
-local function check_low(wallet, events, retention_ms, now)
+local function check_low(wallet, sink, now)
   local w = redis.call('HMGET', wallet, 'balance', 'reserved', 'low_balance', 'low_armed')
   if not w[3] or w[3] == '' then
     return
@@ -31,7 +43,7 @@ local function check_low(wallet, events, retention_ms, now)
   if available < int(w[3]) then
     if w[4] ~= '0' then
       redis.call('HSET', wallet, 'low_armed', '0')
-      xadd(events, retention_ms, {'ts', now, 'type', 'low_balance', 'balance', w[1],
+      emit(sink, {'ts', now, 'type', 'low_balance', 'balance', w[1],
         'available', s(available), 'threshold', w[3]})
     end
   elseif w[4] == '0' then

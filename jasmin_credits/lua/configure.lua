@@ -1,8 +1,9 @@
 -- configure: change a wallet's overdraft, limits or low-balance threshold.
--- KEYS[1] wallet, KEYS[2] events, KEYS[3] wallets set
+-- KEYS[1] wallet, KEYS[2] events, KEYS[3] wallets set, KEYS[4] outbox
 -- ARGV[1] uid, ARGV[2] now (ms), ARGV[3] events retention (ms), ARGV[4] '1' to create a missing
 -- wallet, ARGV[5..] field, value pairs (value '' clears the field)
 -- returns {status}; status 0 ok, 8 no wallet.
+local sink = {events = KEYS[2], outbox = KEYS[4], retention = ARGV[3], uid = ARGV[1]}
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[4] ~= '1' then
     return {8}
@@ -21,6 +22,6 @@ for i = 5, #ARGV, 2 do
   changes[#changes + 1] = ARGV[i]
   changes[#changes + 1] = ARGV[i + 1] == '' and 'none' or ARGV[i + 1]
 end
-xadd(KEYS[2], ARGV[3], changes)
-check_low(KEYS[1], KEYS[2], ARGV[3], ARGV[2])
+emit(sink, changes)
+check_low(KEYS[1], sink, ARGV[2])
 return {0}

@@ -1,6 +1,6 @@
 -- remove: delete a wallet (its credit log and events stay, for billing).
 -- KEYS[1] wallet, KEYS[2] events, KEYS[3] wallets set, KEYS[4] user's open set,
--- KEYS[5] plan
+-- KEYS[5] plan, KEYS[6] outbox
 -- ARGV[1] uid, ARGV[2] now (ms), ARGV[3] events retention (ms), ARGV[4] actor
 -- returns {status, balance}; status 0 ok, 8 no wallet, 40 reservations still open.
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -12,6 +12,7 @@ end
 local balance = int(redis.call('HGET', KEYS[1], 'balance'))
 redis.call('DEL', KEYS[1], KEYS[5])
 redis.call('SREM', KEYS[3], ARGV[1])
-xadd(KEYS[2], ARGV[3], {'ts', ARGV[2], 'type', 'wallet_removed', 'balance', s(balance),
+emit({events = KEYS[2], outbox = KEYS[6], retention = ARGV[3], uid = ARGV[1]},
+  {'ts', ARGV[2], 'type', 'wallet_removed', 'balance', s(balance),
   'actor', ARGV[4]})
 return {0, balance}

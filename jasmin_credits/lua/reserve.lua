@@ -1,6 +1,6 @@
 -- reserve: hold credits for a message before it is queued.
 -- KEYS[1] wallet, KEYS[2] reservation, KEYS[3..5] usage day/week/month, KEYS[6] events,
--- KEYS[7] user's open set, KEYS[8] open-users set, KEYS[9] concat pointer
+-- KEYS[7] user's open set, KEYS[8] open-users set, KEYS[9] concat pointer, KEYS[10] outbox
 -- ARGV[1] uid, ARGV[2] ref, ARGV[3] unit price (int), ARGV[4] parts, ARGV[5] messages,
 -- ARGV[6] now (ms), ARGV[7..9] day/week/month usage time to live (ms, relative: Redis's
 -- clock may differ from ours),
@@ -12,6 +12,7 @@
 -- (ref = that one: claim it), 21 this part number was already claimed (start a new one).
 local uid, ref, now = ARGV[1], ARGV[2], ARGV[6]
 local concat = ARGV[12] == 'c'
+local sink = {events = KEYS[6], outbox = KEYS[10], retention = ARGV[11], uid = uid}
 
 local function reply(status, r)
   local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'overdraft')
@@ -61,7 +62,7 @@ local function limit_reached(code, period_key, expiry, limit)
   -- One event per period and limit: the flag lives in the period's usage key.
   if redis.call('HSETNX', period_key, 'ev:' .. code, now) == 1 then
     redis.call('PEXPIRE', period_key, expiry)
-    xadd(KEYS[6], ARGV[11], {'ts', now, 'type', 'limit_reached', 'code', s(code),
+    emit(sink, {'ts', now, 'type', 'limit_reached', 'code', s(code),
       'limit', limit})
   end
   return reply(code)
@@ -99,5 +100,5 @@ end
 redis.call('PEXPIRE', KEYS[2], ARGV[10])
 redis.call('ZADD', KEYS[7], now, ref)
 redis.call('SADD', KEYS[8], uid)
-check_low(KEYS[1], KEYS[6], ARGV[11], now)
+check_low(KEYS[1], sink, now)
 return reply(0)

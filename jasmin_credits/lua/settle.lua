@@ -1,7 +1,7 @@
 -- settle: move the parts of one reservation between held, queued, committed and refunded.
 -- KEYS[1] wallet, KEYS[2] reservation, KEYS[3..5] usage day/week/month (of the
 -- reservation's creation), KEYS[6] credit log, KEYS[7] events, KEYS[8] user's open set,
--- KEYS[9] open-users set, KEYS[10] message link (only read by 'link')
+-- KEYS[9] open-users set, KEYS[10] message link (only read by 'link'), KEYS[11] outbox
 -- ARGV[1] uid, ARGV[2] ref, ARGV[3] action, ARGV[4] Jasmin message id or '' (all),
 -- ARGV[5] parts (link), ARGV[6] reason, ARGV[7] actor, ARGV[8] now (ms),
 -- ARGV[9] log retention (ms), ARGV[10] events retention (ms), ARGV[11] message link ttl (ms)
@@ -18,6 +18,7 @@
 -- returns {status, changed amount (negative = charged), balance, reserved, open parts};
 -- status 0 ok, 30 unknown reservation, 31 the wallet was removed.
 local uid, ref, action, msgid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
+local sink = {events = KEYS[7], outbox = KEYS[11], retention = ARGV[10], uid = uid}
 if redis.call('EXISTS', KEYS[2]) == 0 then
   return {30, 0, 0, 0, 0}
 end
@@ -40,7 +41,7 @@ local function ledger(kind, amount, id, parts, reason)
 end
 
 local function event(kind, amount, id, parts, reason)
-  xadd(KEYS[7], ARGV[10], {'ts', now, 'type', kind, 'amount', s(amount), 'ref', ref,
+  emit(sink, {'ts', now, 'type', kind, 'amount', s(amount), 'ref', ref,
     'msgid', id, 'parts', s(parts), 'reason', reason})
 end
 
@@ -176,6 +177,6 @@ if counts.unlinked + counts.queued == 0 then
     redis.call('SREM', KEYS[9], uid)
   end
 end
-check_low(KEYS[1], KEYS[7], ARGV[10], now)
+check_low(KEYS[1], sink, now)
 local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved')
 return {0, changed, int(w[1]), int(w[2]), counts.unlinked + counts.queued}

@@ -1,6 +1,6 @@
 -- topup: add (or, negative, subtract) credits by hand, by a plan or by an adjustment.
 -- KEYS[1] wallet, KEYS[2] credit log, KEYS[3] events, KEYS[4] operation record,
--- KEYS[5] wallets set
+-- KEYS[5] wallets set, KEYS[6] outbox
 -- ARGV[1] uid, ARGV[2] signed amount (int), ARGV[3] operation id, ARGV[4] actor,
 -- ARGV[5] reason, ARGV[6] now (ms), ARGV[7] type (topup, adjust, plan),
 -- ARGV[8] log retention (ms), ARGV[9] events retention (ms), ARGV[10] operation record ttl (ms),
@@ -22,8 +22,9 @@ local balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
 xadd(KEYS[2], ARGV[8], {'ts', ARGV[6], 'type', ARGV[7], 'amount', ARGV[2],
   'balance', s(balance), 'ref', ARGV[3], 'msgid', '', 'country', '', 'dest', '',
   'parts', '0', 'actor', ARGV[4], 'reason', ARGV[5]})
-xadd(KEYS[3], ARGV[9], {'ts', ARGV[6], 'type', ARGV[7], 'amount', ARGV[2],
+local sink = {events = KEYS[3], outbox = KEYS[6], retention = ARGV[9], uid = ARGV[1]}
+emit(sink, {'ts', ARGV[6], 'type', ARGV[7], 'amount', ARGV[2],
   'balance', s(balance), 'actor', ARGV[4], 'reason', ARGV[5]})
 redis.call('SET', KEYS[4], s(balance), 'PX', ARGV[10])
-check_low(KEYS[1], KEYS[3], ARGV[9], ARGV[6])
+check_low(KEYS[1], sink, ARGV[6])
 return {0, balance, 0}
