@@ -72,7 +72,10 @@ class Books:
             raise AssertionError(f"{uid}: balance {wallet.balance}, reserved {wallet.reserved};"
                                  f" expected balance {balance}, reserved 0") from None
 
-    def assert_log_sums(self, uid: str) -> None:
+    def assert_log_sums(self, uid: str, timeout: float = 20.0) -> None:
+        """Once nothing is held any more, the credit log sums to the balance."""
+        wait_until(lambda: self.wallet(uid).reserved == 0, timeout, interval=0.1,
+                   message=f"{uid} has nothing reserved")
         total = sum(e.int_field("amount") for e in self.log(uid))
         assert total == self.wallet(uid).balance, (total, self.wallet(uid).balance)
 
