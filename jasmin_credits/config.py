@@ -107,6 +107,7 @@ class CreditsConfig:
     missing_wallet: str = "pass"
     on_store_error: str = "refuse"
     charge_in_process: bool = True
+    ensure_interceptor: bool = True
     statuses: dict[Refusal, Status] = field(default_factory=dict)
     cards: CardsConfig = field(default_factory=CardsConfig)
     settlement: SettlementConfig = field(default_factory=SettlementConfig)
@@ -277,6 +278,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     c = top.section("charging")
     in_process = c.string("mode", "in-process", ("in-process", "interceptor-pb")) == "in-process"
     on_store_error = c.string("on_store_error", "refuse", ("refuse", "pass"))
+    ensure_interceptor = c.boolean("ensure_interceptor", True)
     statuses = _statuses(c.section("statuses"))
     c.finish()
 
@@ -317,7 +319,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     return CreditsConfig(
         source=source, redis=redis, amqp=amqp, decimals=decimals, display_decimals=display,
         currency=currency, store=store, missing_wallet=missing_wallet,
-        on_store_error=on_store_error, charge_in_process=in_process, statuses=statuses,
+        on_store_error=on_store_error, charge_in_process=in_process,
+        ensure_interceptor=ensure_interceptor, statuses=statuses,
         cards=cards, settlement=settlement,
     )
 

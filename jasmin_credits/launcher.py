@@ -115,6 +115,14 @@ class CreditsJasminDaemon(JasminDaemon):
             return disconnect() if disconnect is not None else None
         return super().stopInterceptorPBClient()
 
+    def startRouterPBService(self) -> Any:  # noqa: N802 - jasmind API
+        """jasmind's router, then ``runtime.install_router(router_pb)`` if it has one."""
+        result = super().startRouterPBService()
+        install = getattr(self.runtime, "install_router", None)
+        if install is not None:
+            install(self.components["router-pb-factory"])
+        return result
+
     def startSMPPServerService(self) -> None:  # noqa: N802 - jasmind API
         """jasmind's SMPP server, optionally with TCP_NODELAY on accepted connections."""
         super().startSMPPServerService()

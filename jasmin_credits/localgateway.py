@@ -123,8 +123,16 @@ class LocalGateway:
     :param smsc_args: extra simulator flags, e.g. ``["--fail", "3399=ESME_RSUBMITFAIL"]``.
     :param launcher_argv: command prefix starting the launcher (default
         ``[python, -m, jasmin_credits.launcher]``); the gateway appends its flags.
+    :param stock_jasmind: run Jasmin's own ``jasmin.bin.jasmind`` (for comparisons): none
+        of the launcher's flags (no ``--lock-file``: its lock is the fixed ``/tmp/jasmind``;
+        no ``--tcp-nodelay``; no ``--credits-config``) and no 0.11.1 correction.
     :param extra_env: added to every Jasmin child's clean environment.
     :param startup_timeout: seconds allowed to each readiness wait.
+    :param redis_aof: run redis-server with ``appendonly yes`` and ``appendfsync always``
+        (fault tests that kill it); default: no persistence.
+    :param external_redis_port: use the redis-server already listening on this loopback
+        port (e.g. another gateway's, to share wallets) instead of starting one; it is
+        neither started nor stopped here.
     """
 
     jcli_username = "jcliadmin"
@@ -136,7 +144,10 @@ class LocalGateway:
                  launcher_argv: list[str] | None = None,
                  extra_env: Mapping[str, str] | None = None,
                  startup_timeout: float = 60.0,
-                 credits_overrides: Mapping[str, Any] | None = None) -> None:
+                 credits_overrides: Mapping[str, Any] | None = None,
+                 stock_jasmind: bool = False,
+                 redis_aof: bool = False,
+                 external_redis_port: int | None = None) -> None:
         self.rundir = Path(rundir).resolve()
         self.credits_source = Path(credits_config).resolve() if credits_config else None
         self.credits_overrides = dict(credits_overrides or {})
@@ -147,9 +158,14 @@ class LocalGateway:
         self.use_interceptord = interceptord
         self.dlr_daemons = dlr_daemons
         self.smsc_args = list(smsc_args)
+        self.stock_jasmind = stock_jasmind
+        if stock_jasmind:
+            launcher_argv = launcher_argv or [sys.executable, "-m", "jasmin.bin.jasmind"]
         self.launcher_argv = launcher_argv or [sys.executable, "-m", "jasmin_credits.launcher"]
         self.extra_env = dict(extra_env or {})
         self.startup_timeout = startup_timeout
+        self.redis_aof = redis_aof
+        self.external_redis_port = external_redis_port
         self.instance = uuid.uuid4().hex[:8]
         self.ports: dict[str, int] = {}
         self.redis: RedisServer | None = None
@@ -253,8 +269,12 @@ class LocalGateway:
         for name in ("smpp", "http", "jcli", "router", "smppcm", "smpps_pb", "interceptor",
                      "smsc"):
             self.ports[name] = free_port()
-        self.redis = RedisServer(self.rundir / "redis", appendonly=False)
-        self.ports["redis"] = self.redis.port
+        if self.external_redis_port is None:
+            self.redis = RedisServer(self.rundir / "redis", appendonly=self.redis_aof,
+                                     appendfsync="always" if self.redis_aof else "everysec")
+            self.ports["redis"] = self.redis.port
+        else:
+            self.ports["redis"] = self.external_redis_port
         self.rabbitmq = RabbitMQServer(self.rundir / "rabbitmq")
         self.ports["amqp"] = self.rabbitmq.port
         self.write_config()
@@ -262,7 +282,8 @@ class LocalGateway:
             self.write_credits_config()
         self.interceptor_script.write_text(PASS_THROUGH_SCRIPT)
 
-        self.redis.start()
+        if self.redis is not None:
+            self.redis.start()
         # A small receipt delay lets the submit_sm_resp event reach dlrlookupd first (else
         # the receipt waits for dlrlookupd's retry).
         self._spawn("smsc", [sys.executable, "-m", "jasmin_credits.smsc_simulator",
@@ -272,7 +293,8 @@ class LocalGateway:
             self._spawn("interceptord", [sys.executable, "-m",
                                          "jasmin_credits.interceptors.interceptord",
                                          "-c", str(self.config_path),
-                                         "--credits-config", str(self.credits_config)])
+                                         "--credits-config", str(self.credits_config),
+                                         "--lock-file", str(self.rundir / "interceptord")])
         elif self.use_interceptord:
             self._spawn("interceptord", [sys.executable, "-m", "jasmin.bin.interceptord",
                                          "-c", str(self.config_path)])
@@ -281,11 +303,12 @@ class LocalGateway:
         if self.use_interceptord:
             self._wait_port("interceptord", self.ports["interceptor"])
 
-        argv = [*self.launcher_argv, "-c", str(self.config_path), "--enable-interceptor-client",
-                "--lock-file", str(self.rundir / "jasmind"), "--tcp-nodelay"]
+        argv = [*self.launcher_argv, "-c", str(self.config_path), "--enable-interceptor-client"]
+        if not self.stock_jasmind:
+            argv += ["--lock-file", str(self.rundir / "jasmind"), "--tcp-nodelay"]
         if not self.dlr_daemons:
             argv += ["--enable-dlr-lookup", "--enable-dlr-thrower"]
-        if self.credits_config is not None:
+        if self.credits_config is not None and not self.stock_jasmind:
             argv += ["--credits-config", str(self.credits_config)]
         self._spawn("jasmind", argv)
         if self.dlr_daemons:
@@ -301,6 +324,31 @@ class LocalGateway:
                        message="dlrd logged in to the SMPP server PB")
         if self.provision_on_start:
             self.provision()
+
+    def restart_child(self, name: str, kill: bool = True) -> ChildProcess:
+        """Stop child ``name`` (SIGKILL to its process group if ``kill``, else SIGTERM), remove
+        the lock file it may leave, start it again with the same command and wait until it
+        listens (jasmind: jCli, HTTP and SMPP; interceptord and smsc: their port).
+
+        jasmind reloads what jCli ``persist`` saved; anything not persisted is gone.
+        """
+        child = self.children[name]
+        if kill:
+            if child.process.poll() is None:
+                try:
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            child.process.wait()
+        else:
+            child.stop()
+        self._remove_locks(name)
+        child = self._spawn(name, child.argv)
+        ports = {"jasmind": ("jcli", "http", "smpp"), "interceptord": ("interceptor",),
+                 "smsc": ("smsc",)}.get(name, ())
+        for port in ports:
+            self._wait_port(name, self.ports[port])
+        return child
 
     def _spawn_dlr_daemon(self, daemon: str) -> ChildProcess:
         return self._spawn(daemon, [sys.executable, "-m", f"jasmin.bin.{daemon}",
@@ -362,7 +410,7 @@ class LocalGateway:
 
     def _remove_locks(self, name: str) -> None:
         base = {
-            "jasmind": self.rundir / "jasmind",
+            "jasmind": Path("/tmp/jasmind") if self.stock_jasmind else self.rundir / "jasmind",
             "dlrd": Path(f"/tmp/dlrd-{self.instance}"),
             "dlrlookupd": Path(f"/tmp/dlrlookupd-{self.instance}"),
             "interceptord": Path("/tmp/interceptord"),

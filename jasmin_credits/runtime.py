@@ -146,6 +146,13 @@ class CreditsRuntime:
             raise RuntimeError("start() the runtime before building the interceptor client")
         return InProcessInterceptor(self.charger, self.config)
 
+    def install_router(self, router_pb: Any) -> None:
+        """Give messages no interceptor matches a pass-through one (``ensure_interceptor``)."""
+        if self.config.ensure_interceptor:
+            from .interceptors.ensure import ensure_mt_interceptor
+
+            ensure_mt_interceptor(router_pb)
+
     def install_jcli(self, jcli_factory: Any) -> None:
         """Add the ``credit`` and ``price`` commands to Jasmin's jCli."""
         from .jcli import install_jcli

@@ -44,6 +44,7 @@ class Options(StockOptions):
     optParameters = [
         *StockOptions.optParameters,
         ["credits-config", None, None, "jasmin-credits YAML configuration file"],
+        ["lock-file", None, "/tmp/interceptord", "lock file preventing two daemons"],
     ]
 
 
@@ -133,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"jasmin-credits-interceptord: {error}", file=sys.stderr)
         return 2
-    lock = FileLock("/tmp/interceptord")
+    lock = FileLock(options["lock-file"])
     try:
         lock.acquire(timeout=2)
     except (LockTimeout, AlreadyLocked):
-        print("jasmin-credits-interceptord: another interceptord runs (lock /tmp/interceptord)",
+        print(f"jasmin-credits-interceptord: another one runs (lock {options['lock-file']})",
               file=sys.stderr)
         return 1
     try:

@@ -1,0 +1,73 @@
+"""Credits through the drop-in interceptord (charging.mode: interceptor-pb).
+
+jasmind (our launcher, not charging itself) calls jasmin-credits-interceptord over PB, as a
+stock jasmind would. No MT interceptor is provisioned: the launcher's fallback
+(``charging.ensure_interceptor``) still sends every message through it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from jasmin_credits.localgateway import LocalGateway
+from tests.e2e.credits_support import PRICE, REPO_CONFIG, Books
+from tests.e2e.test_credits_e2e import http, send
+
+OVERRIDES = {
+    "charging": {"mode": "interceptor-pb"},
+    "settlement": {"unqueued_timeout": 2, "unanswered_timeout": 60, "sweep_interval": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    rundir = Path(tempfile.mkdtemp(prefix="jc-e2e-pb-"))
+    gw = LocalGateway(rundir, REPO_CONFIG, provision=False, interceptord=True,
+                      credits_overrides=OVERRIDES)
+    try:
+        gw.start()
+        with gw.jcli() as jcli:
+            gw.add_group(jcli)
+            gw.add_user(jcli)
+            gw.add_smsc_connector(jcli)
+            gw.add_default_route(jcli)
+            assert "Total MT Interceptors: 0" in jcli.run("mtinterceptor -l", check=False)
+        gw.wait_connector_bound("smsc")
+        yield gw
+    finally:
+        gw.stop()
+    shutil.rmtree(rundir, ignore_errors=True)
+
+
+@pytest.fixture
+def books(gateway):
+    books = Books(gateway)
+    yield books
+    books.assert_log_sums("alice")
+
+
+def test_smpp_message_charged_through_the_interceptord(gateway, smpp_client, books):
+    """An SMPP message is held by the interceptord and charged from Jasmin's events."""
+    start = books.top_up("alice", 10_000)
+    response = send(smpp_client(), "447911000101")
+    assert response.status == 0
+    books.wait_settled("alice", start - PRICE["447"])
+
+
+def test_http_long_message_charged_three_parts(gateway, books):
+    """A 400-character HTTP message is charged 3 parts through the interceptord."""
+    start = books.top_up("alice", 0)
+    status, body = http(gateway, "send", to="33612000101", content="b" * 400)
+    assert status == 200, body
+    books.wait_settled("alice", start - 3 * PRICE["33"])
+
+
+def test_no_credit_refused_with_configured_status(gateway, smpp_client, books):
+    """At zero credit the interceptord answers ESME_RX_P_APPN; nothing reaches the SMSC."""
+    books.top_up("alice", -books.wallet("alice").balance)
+    assert send(smpp_client(), "447911000102").status == 0x65
+    assert not [r for r in gateway.smsc_received() if r["destination_addr"] == "447911000102"]
