@@ -160,8 +160,9 @@ class CreditsRuntime:
         install_jcli(jcli_factory, self)
 
     def install_http(self, http_api: Any) -> None:
-        """Add ``/credit`` to Jasmin's HTTP API; keep ``/rate`` from charging."""
+        """Add ``/credit`` to Jasmin's HTTP API; ``/rate`` quotes our price, charges nothing."""
         from .http_credit import install_http
+        from .http_rate import install_rate
 
         resource = getattr(http_api, "resource", http_api)
         rate = getattr(resource, "children", {}).get(b"rate")
@@ -169,6 +170,7 @@ class CreditsRuntime:
         if isinstance(client, InProcessInterceptor):
             rate.interceptorpb_client = client.without_charging()
         install_http(http_api, self)
+        install_rate(http_api, self)
 
     # -- cards --------------------------------------------------------------------------
 

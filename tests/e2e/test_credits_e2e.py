@@ -6,6 +6,7 @@ smpplib as the SMPP client and Jasmin's HTTP API.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import urllib.error
@@ -160,11 +161,16 @@ def test_no_route_gives_the_credits_back_after_the_timeout(gateway, smpp_client,
     books.wait_settled("alice", start, timeout=15)
 
 
-def test_rate_charges_nothing(gateway, books):
-    """HTTP /rate runs the interceptor but holds and charges nothing."""
+def test_rate_quotes_our_price_and_charges_nothing(gateway, books):
+    """HTTP /rate answers our card's price for every part, and holds or charges nothing."""
     start = books.top_up("alice", 10_000)
-    status, body = http(gateway, "rate", to="447911000009", content="hello")
+    status, body = http(gateway, "rate", to="447911000009", content="c" * 200)
     assert status == 200, body
+    answer = json.loads(body)
+    assert answer["submit_sm_count"] == 2
+    assert answer["unit_rate"] == 0.05
+    assert answer["credits"] == {"card": "world", "country": "GB", "prefix": "447", "parts": 2,
+                                 "encoding": "gsm7", "unit_price": "0.0500", "total": "0.1000"}
     wallet = books.wallet("alice")
     assert (wallet.balance, wallet.reserved) == (start, 0)
 
