@@ -108,6 +108,7 @@ class CreditsConfig:
     on_store_error: str = "refuse"
     charge_in_process: bool = True
     ensure_interceptor: bool = True
+    unrecorded_journal: Path = Path("/var/lib/jasmin-credits/unrecorded.jsonl")
     statuses: dict[Refusal, Status] = field(default_factory=dict)
     cards: CardsConfig = field(default_factory=CardsConfig)
     settlement: SettlementConfig = field(default_factory=SettlementConfig)
@@ -279,6 +280,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     in_process = c.string("mode", "in-process", ("in-process", "interceptor-pb")) == "in-process"
     on_store_error = c.string("on_store_error", "refuse", ("refuse", "pass"))
     ensure_interceptor = c.boolean("ensure_interceptor", True)
+    journal = base_dir / c.string("unrecorded_journal", "/var/lib/jasmin-credits/unrecorded.jsonl")
     statuses = _statuses(c.section("statuses"))
     c.finish()
 
@@ -320,7 +322,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         source=source, redis=redis, amqp=amqp, decimals=decimals, display_decimals=display,
         currency=currency, store=store, missing_wallet=missing_wallet,
         on_store_error=on_store_error, charge_in_process=in_process,
-        ensure_interceptor=ensure_interceptor, statuses=statuses,
+        ensure_interceptor=ensure_interceptor, unrecorded_journal=journal, statuses=statuses,
         cards=cards, settlement=settlement,
     )
 

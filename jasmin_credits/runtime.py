@@ -22,6 +22,7 @@ from .interceptors.inprocess import InProcessInterceptor
 from .keys import Keys
 from .pricing import Pricer, Quote
 from .ratecard import RateCard, load_card
+from .reconcile import Journal, Reconciler
 from .redis_client import connection_pool
 from .store import CreditStore
 
@@ -94,10 +95,15 @@ class CreditsRuntime:
         self.redis = redis
         self.store = CreditStore(redis, clock=self.reactor, reactor=self.reactor,
                                  keys=self.keys, settings=self.config.store)
+        self.reconciler = None
+        if self.config.on_store_error == "pass":
+            self.reconciler = Reconciler(self.store, Journal(self.config.unrecorded_journal),
+                                         clock=self.reactor)
         self.charger = Charger(
             self.store, lambda: self.pricer,
             missing_wallet=self.config.missing_wallet,
             on_store_error=self.config.on_store_error,
+            on_unrecorded=self.reconciler.record if self.reconciler else None,
         )
 
     # -- life cycle ---------------------------------------------------------------------
@@ -121,6 +127,9 @@ class CreditsRuntime:
         from .services import CardReloadListener, start_settlement
 
         self.services = [CardReloadListener(self)]
+        if self.reconciler is not None:
+            self.reconciler.start()
+            self.services.append(self.reconciler)
         if self.config.settlement.enabled:
             self.services += await start_settlement(self)
 
