@@ -83,6 +83,38 @@ class SettlementConfig:
     unanswered_policy: str = "refund"
     dlr_refund: frozenset[str] = frozenset()
     sweep_interval: float = 30.0
+    retry_statuses: frozenset[str] = frozenset(
+        {"ESME_RSYSERR", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RINVSCHED"})
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    secret: str | None = None
+    timeout: float = 5.0
+    retries: int = 5
+    backoff: float = 1.0
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """Event delivery from the outbox (see jasmin_credits.events_out)."""
+
+    enabled: bool = True
+    amqp: bool = True
+    exchange: str = "credits"
+    webhook: WebhookConfig | None = None
+    interval: float = 1.0
+    claim_idle: float = 60.0
+
+
+@dataclass(frozen=True)
+class PlansConfig:
+    """The plan scheduler (see jasmin_credits.plans)."""
+
+    enabled: bool = True
+    interval: float = 30.0
+    catch_up: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +144,8 @@ class CreditsConfig:
     statuses: dict[Refusal, Status] = field(default_factory=dict)
     cards: CardsConfig = field(default_factory=CardsConfig)
     settlement: SettlementConfig = field(default_factory=SettlementConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    plans: PlansConfig = field(default_factory=PlansConfig)
 
     def status(self, refusal: Refusal) -> Status:
         """The SMPP and HTTP status for ``refusal``."""
@@ -215,12 +249,59 @@ def _statuses(section: _Section) -> dict[Refusal, Status]:
     return statuses
 
 
+def _status_names(section: _Section, name: str, default: frozenset[str]) -> frozenset[str]:
+    value = section.raw(name, sorted(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise section.error(name, "must be a list of SMPP status names")
+    unknown = [v for v in value if v not in command_status_name_map]
+    if unknown:
+        raise section.error(name, f"unknown SMPP status {unknown[0]!r}")
+    return frozenset(value)
+
+
 def _timezone(section: _Section) -> ZoneInfo:
     name = section.string("timezone", "UTC")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise section.error("timezone", f"unknown timezone {name!r}") from None
+
+
+def _events(e: _Section) -> EventsConfig:
+    a = e.section("amqp")
+    amqp_enabled = a.boolean("enabled", True)
+    exchange = a.string("exchange", "credits")
+    if exchange == "messaging":
+        raise a.error("exchange", "must not be Jasmin's own exchange 'messaging'")
+    a.finish()
+    webhook = None
+    if e.raw("webhook") is not None:
+        h = e.section("webhook")
+        url = h.string("url", None)
+        if url is None or not url.startswith(("http://", "https://")):
+            raise h.error("url", f"must be an http:// or https:// URL, got {url!r}")
+        webhook = WebhookConfig(
+            url=url, secret=h.string("secret", None), timeout=h.seconds("timeout", 5.0),
+            retries=h.integer("retries", 5, 0, 100), backoff=h.seconds("backoff", 1.0),
+        )
+        h.finish()
+    events = EventsConfig(
+        enabled=e.boolean("enabled", True), amqp=amqp_enabled, exchange=exchange,
+        webhook=webhook, interval=e.seconds("interval", 1.0),
+        claim_idle=e.seconds("claim_idle", 60.0),
+    )
+    e.finish()
+    return events
+
+
+def _plans(p: _Section) -> PlansConfig:
+    catch_up = p.raw("catch_up")
+    plans = PlansConfig(
+        enabled=p.boolean("enabled", True), interval=p.seconds("interval", 30.0),
+        catch_up=None if catch_up is None else p.seconds("catch_up", 0.0),
+    )
+    p.finish()
+    return plans
 
 
 def parse_config(data: Any, source: str, base_dir: Path | None = None) -> CreditsConfig:
@@ -312,10 +393,13 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         unanswered_policy=s.string("unanswered_policy", "refund", ("refund", "commit")),
         dlr_refund=frozenset(x.upper() for x in dlr_refund),
         sweep_interval=s.seconds("sweep_interval", 30.0),
+        retry_statuses=_status_names(s, "retry_statuses", SettlementConfig.retry_statuses),
     )
     if settlement.unanswered_timeout <= settlement.unqueued_timeout:
         raise s.error("unanswered_timeout", "must be longer than unqueued_timeout")
     s.finish()
+    events = _events(top.section("events"))
+    plans = _plans(top.section("plans"))
     top.finish()
 
     return CreditsConfig(
@@ -323,7 +407,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         currency=currency, store=store, missing_wallet=missing_wallet,
         on_store_error=on_store_error, charge_in_process=in_process,
         ensure_interceptor=ensure_interceptor, unrecorded_journal=journal, statuses=statuses,
-        cards=cards, settlement=settlement,
+        cards=cards, settlement=settlement, events=events, plans=plans,
     )
 
 

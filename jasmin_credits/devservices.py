@@ -22,6 +22,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
     """Block until something accepts TCP connections on ``host:port``.
 
@@ -52,10 +62,14 @@ def find_binary(name: str, *candidates: str) -> str:
 class RedisServer:
     """A private ``redis-server`` on a free loopback port, with AOF persistence in ``rundir``."""
 
-    def __init__(self, rundir: Path, port: int | None = None, appendonly: bool = True):
+    def __init__(self, rundir: Path, port: int | None = None, appendonly: bool = True,
+                 appendfsync: str = "everysec", extra_args: tuple[str, ...] = ()):
         self.rundir = Path(rundir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_args = tuple(extra_args)
+        """More ``redis-server`` flags, e.g. ``("--requirepass", "secret")``."""
         self.process: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
@@ -69,9 +83,10 @@ class RedisServer:
             "--dir", str(self.rundir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--logfile", str(self.rundir / "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         wait_for_port(self.port)

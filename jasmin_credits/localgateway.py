@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import jasmin_credits
-from jasmin_credits.devservices import RabbitMQServer, RedisServer, free_port, wait_for_port
+from jasmin_credits.devservices import (
+    RabbitMQServer,
+    RedisServer,
+    free_port,
+    port_is_free,
+    wait_for_port,
+)
 from jasmin_credits.jcli_client import JCliClient
 
 REPO_ROOT = Path(jasmin_credits.__file__).resolve().parent.parent
@@ -149,6 +155,8 @@ class LocalGateway:
                  redis_aof: bool = False,
                  external_redis_port: int | None = None) -> None:
         self.rundir = Path(rundir).resolve()
+        self.preferred_ports: dict[str, int] = {}
+        """Ports to use when free (e.g. Jasmin's standard ones), by service name."""
         self.credits_source = Path(credits_config).resolve() if credits_config else None
         self.credits_overrides = dict(credits_overrides or {})
         self.credits_config = self.rundir / "credits.yaml" if credits_config else None
@@ -268,7 +276,8 @@ class LocalGateway:
             (self.rundir / sub).mkdir(parents=True, exist_ok=True)
         for name in ("smpp", "http", "jcli", "router", "smppcm", "smpps_pb", "interceptor",
                      "smsc"):
-            self.ports[name] = free_port()
+            wanted = self.preferred_ports.get(name)
+            self.ports[name] = wanted if wanted and port_is_free(wanted) else free_port()
         if self.external_redis_port is None:
             self.redis = RedisServer(self.rundir / "redis", appendonly=self.redis_aof,
                                      appendfsync="always" if self.redis_aof else "everysec")
@@ -548,7 +557,7 @@ class LocalGateway:
             f"HTTP API:        {self.http_url}/send?username=alice&password=alicepwd"
             "&to=33612345678&content=hello",
             f"jCli:            telnet 127.0.0.1 {self.jcli_port}  "
-            f"({self.jcli_username}/{self.jcli_password})",
+            f"({self.jcli_username}/{self.jcli_password}); try: credit -s alice",
             f"SMSC simulator:  127.0.0.1:{self.smsc_port}  (received: {self.smsc_log})",
             f"Redis:           127.0.0.1:{self.redis_port}",
             f"RabbitMQ (AMQP): 127.0.0.1:{self.amqp_port}  guest/guest",
@@ -568,6 +577,8 @@ def main(argv: list[str] | None = None) -> None:
     rundir = Path(args.rundir) if args.rundir else Path(tempfile.mkdtemp(prefix="jc-gateway-"))
     gateway = LocalGateway(rundir, args.credits_config, provision=not args.no_provision,
                            smsc_args=args.smsc_arg)
+    # Jasmin's usual ports when free, so any client's default settings work at once.
+    gateway.preferred_ports = {"smpp": 2775, "http": 1401, "jcli": 8990}
     stop_requested = False
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -581,6 +592,9 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, request_stop)
     try:
         gateway.start()
+        if args.credits_config and not args.no_provision:
+            with gateway.jcli() as jcli:
+                print(jcli.run("credit -t alice 100 welcome credit (local gateway)"))
         print(gateway.describe())
         print(f"Started in {gateway.startup_seconds:.1f}s. Ctrl-C to stop.", flush=True)
         while not stop_requested:

@@ -77,7 +77,9 @@ async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
     config = runtime.config
     s = config.settlement
     a = config.amqp
-    settlement = Settlement(runtime.store, dlr_refund_stats=s.dlr_refund)
+    settlement = Settlement(runtime.store, dlr_refund_stats=s.dlr_refund,
+                            metrics=getattr(runtime, "metrics", None),
+                            retry_statuses=s.retry_statuses)
     consumer = SettlementConsumer(
         settlement,
         AmqpSettings(host=a.host, port=a.port, vhost=a.vhost, username=a.username,
@@ -95,3 +97,41 @@ async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
     )
     sweeper.start()
     return [consumer, sweeper]
+
+
+def start_plans_and_events(runtime: CreditsRuntime) -> list[Any]:
+    """Start the plan scheduler and the event publisher (as configured); return them."""
+    from .events_out import AmqpSink, EventPublisher, WebhookSettings, WebhookSink
+    from .metrics import NO_METRICS
+    from .plans import PlanScheduler
+
+    config = runtime.config
+    metrics = getattr(runtime, "metrics", None) or NO_METRICS
+    services: list[Any] = []
+    if config.plans.enabled:
+        scheduler = PlanScheduler(runtime.store, runtime.reactor, interval=config.plans.interval,
+                                  catch_up=config.plans.catch_up, metrics=metrics)
+        scheduler.start()
+        services.append(scheduler)
+    e = config.events
+    sinks: list[Any] = []
+    if e.enabled and e.amqp:
+        a = config.amqp
+        sinks.append(AmqpSink(
+            AmqpSettings(host=a.host, port=a.port, vhost=a.vhost, username=a.username,
+                         password=a.password, heartbeat=a.heartbeat,
+                         connect_timeout=a.connect_timeout),
+            exchange=e.exchange, reactor=runtime.reactor, clock=runtime.reactor))
+    if e.enabled and e.webhook is not None:
+        w = e.webhook
+        sinks.append(WebhookSink(
+            WebhookSettings(url=w.url, secret=w.secret, timeout=w.timeout, retries=w.retries,
+                            backoff=w.backoff),
+            reactor=runtime.reactor, clock=runtime.reactor))
+    if sinks:
+        publisher = EventPublisher(runtime.store, sinks, clock=runtime.reactor,
+                                   interval=e.interval, claim_idle=e.claim_idle,
+                                   metrics=metrics)
+        publisher.start()
+        services.append(publisher)
+    return services
