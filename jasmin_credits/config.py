@@ -48,6 +48,8 @@ class RedisConfig:
     host: str = "127.0.0.1"
     port: int = 6379
     password: str | None = None
+    username: str | None = None
+    tls: bool = False
     db: int = 0
     key_prefix: str = "jc"
     poolsize: int = 4
@@ -314,6 +316,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         host=r.string("host", "127.0.0.1"),
         port=r.integer("port", 6379, 1, 65535),
         password=r.string("password", None),
+        username=r.string("username", None),
+        tls=r.boolean("tls", False),
         db=r.integer("db", 0, 0, 15),
         key_prefix=r.string("key_prefix", "jc"),
         poolsize=r.integer("poolsize", 4, 1, 64),

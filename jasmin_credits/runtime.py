@@ -20,6 +20,7 @@ from .config import CreditsConfig, load_config
 from .errors import ConfigError, Refusal, StoreUnavailable
 from .interceptors.inprocess import InProcessInterceptor
 from .keys import Keys
+from .metrics import CreditMetrics
 from .pricing import Pricer, Quote
 from .ratecard import RateCard, load_card
 from .reconcile import Journal, Reconciler
@@ -59,6 +60,7 @@ class CreditsRuntime:
         self.store: CreditStore | None = None
         self.charger: Charger | None = None
         self.services: list[Any] = []
+        self.metrics = CreditMetrics(config.decimals)
         if redis is not None:
             self._wire(redis)
 
@@ -104,7 +106,9 @@ class CreditsRuntime:
             missing_wallet=self.config.missing_wallet,
             on_store_error=self.config.on_store_error,
             on_unrecorded=self.reconciler.record if self.reconciler else None,
+            metrics=self.metrics,
         )
+        self.metrics.watch_store(self.store)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -117,14 +121,15 @@ class CreditsRuntime:
             r = self.config.redis
             self._wire(connection_pool(
                 self.reactor, r.host, r.port, db=r.db, poolsize=r.poolsize,
-                password=r.password, connect_timeout=r.connect_timeout,
+                password=r.password, username=r.username, tls=r.tls,
+                connect_timeout=r.connect_timeout,
             ))
         try:
             await self.refresh_assignments()
         except StoreUnavailable as error:
             # Start anyway: charging fails closed (or open) until Redis answers.
             log.error("credit store unavailable at start: %s", error)
-        from .services import CardReloadListener, start_settlement
+        from .services import CardReloadListener, start_plans_and_events, start_settlement
 
         self.services = [CardReloadListener(self)]
         if self.reconciler is not None:
@@ -132,6 +137,7 @@ class CreditsRuntime:
             self.services.append(self.reconciler)
         if self.config.settlement.enabled:
             self.services += await start_settlement(self)
+        self.services += start_plans_and_events(self)
 
     def stop(self) -> Deferred:
         """Stop settlement and the sweeper, close Redis."""
@@ -172,6 +178,7 @@ class CreditsRuntime:
         """Add ``/credit`` to Jasmin's HTTP API; ``/rate`` quotes our price, charges nothing."""
         from .http_credit import install_http
         from .http_rate import install_rate
+        from .metrics import install_metrics
 
         resource = getattr(http_api, "resource", http_api)
         rate = getattr(resource, "children", {}).get(b"rate")
@@ -179,6 +186,7 @@ class CreditsRuntime:
         if isinstance(client, InProcessInterceptor):
             rate.interceptorpb_client = client.without_charging()
         install_http(http_api, self)
+        install_metrics(http_api, self.metrics, self.reactor)
         install_rate(http_api, self)
 
     # -- cards --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import txredisapi
+from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 
 from .amqp import AmqpSettings
@@ -48,11 +49,16 @@ class CardReloadListener:
         self.factory.protocol = _ReloadProtocol
         self.factory.channel = runtime.keys.reload_channel
         self.factory.password = config.password
+        self.factory.username = config.username
         self.factory.on_message = self._on_message
         self.factory.continueTrying = True
         self.factory.maxDelay = 10
-        runtime.reactor.connectTCP(config.host, config.port, self.factory,
-                                   config.connect_timeout)
+        if config.tls:
+            runtime.reactor.connectSSL(config.host, config.port, self.factory,
+                                       ssl.ClientContextFactory(), config.connect_timeout)
+        else:
+            runtime.reactor.connectTCP(config.host, config.port, self.factory,
+                                       config.connect_timeout)
 
     def _on_message(self, what: str) -> None:
         if what == "cards":
