@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from smpp.pdu.constants import command_status_name_map
 
+from .amqp import AmqpSettings
 from .errors import ConfigError, Refusal
 from .store import StoreSettings
 
@@ -54,17 +55,6 @@ class RedisConfig:
     key_prefix: str = "jc"
     poolsize: int = 4
     connect_timeout: float = 2.0
-
-
-@dataclass(frozen=True)
-class AmqpConfig:
-    host: str = "127.0.0.1"
-    port: int = 5672
-    vhost: str = "/"
-    username: str = "guest"
-    password: str = "guest"
-    heartbeat: int = 0
-    connect_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -133,7 +123,7 @@ class CreditsConfig:
 
     source: str = "<defaults>"
     redis: RedisConfig = field(default_factory=RedisConfig)
-    amqp: AmqpConfig = field(default_factory=AmqpConfig)
+    amqp: AmqpSettings = field(default_factory=AmqpSettings)
     decimals: int = 4
     display_decimals: int | None = 2
     currency: str = "credits"
@@ -141,6 +131,8 @@ class CreditsConfig:
     missing_wallet: str = "pass"
     on_store_error: str = "refuse"
     charge_in_process: bool = True
+    charging_mode: str = "in-process"
+    """``in-process``, ``interceptor-pb`` or ``pre-routing`` (see config/credits.yaml)."""
     ensure_interceptor: bool = True
     unrecorded_journal: Path = Path("/var/lib/jasmin-credits/unrecorded.jsonl")
     statuses: dict[Refusal, Status] = field(default_factory=dict)
@@ -329,7 +321,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     r.finish()
 
     a = top.section("amqp")
-    amqp = AmqpConfig(
+    amqp = AmqpSettings(
         host=a.string("host", "127.0.0.1"),
         port=a.integer("port", 5672, 1, 65535),
         vhost=a.string("vhost", "/"),
@@ -362,7 +354,9 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     w.finish()
 
     c = top.section("charging")
-    in_process = c.string("mode", "in-process", ("in-process", "interceptor-pb")) == "in-process"
+    charging_mode = c.string("mode", "in-process",
+                             ("in-process", "interceptor-pb", "pre-routing"))
+    in_process = charging_mode != "interceptor-pb"
     on_store_error = c.string("on_store_error", "refuse", ("refuse", "pass"))
     ensure_interceptor = c.boolean("ensure_interceptor", True)
     journal = base_dir / c.string("unrecorded_journal", "/var/lib/jasmin-credits/unrecorded.jsonl")
@@ -410,6 +404,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         source=source, redis=redis, amqp=amqp, decimals=decimals, display_decimals=display,
         currency=currency, store=store, missing_wallet=missing_wallet,
         on_store_error=on_store_error, charge_in_process=in_process,
+        charging_mode=charging_mode,
         ensure_interceptor=ensure_interceptor, unrecorded_journal=journal, statuses=statuses,
         cards=cards, settlement=settlement, events=events, plans=plans,
     )

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import jasmin_credits
+from jasmin_credits.amqp import default_spec_path
 from jasmin_credits.devservices import (
     RabbitMQServer,
     RedisServer,
@@ -46,16 +47,6 @@ from jasmin_credits.jcli_client import JCliClient
 REPO_ROOT = Path(jasmin_credits.__file__).resolve().parent.parent
 
 PASS_THROUGH_SCRIPT = '"""Pass-through MT interceptor: every message goes on unchanged."""\n'
-
-
-def amqp_spec_path() -> str:
-    """The AMQP 0-9-1 spec shipped in the txAMQP3 package (the Jasmin wheel has none)."""
-    import txamqp
-
-    spec = Path(txamqp.__file__).parent / "specs" / "standard" / "amqp0-9-1.stripped.xml"
-    if not spec.exists():
-        raise FileNotFoundError(f"AMQP spec not found at {spec}")
-    return str(spec)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05,
@@ -460,7 +451,7 @@ class LocalGateway:
             "interceptor-client": {"host": "127.0.0.1", "port": p["interceptor"]},
             "amqp-broker": {"host": "127.0.0.1", "port": p["amqp"], "vhost": "/",
                             "username": "guest", "password": "guest",
-                            "spec": amqp_spec_path(), "heartbeat": 0},
+                            "spec": default_spec_path(), "heartbeat": 0},
             "redis-client": {"host": "127.0.0.1", "port": p["redis"], "dbid": 0,
                              "poolsize": 10},
             "sm-listener": {"publish_submit_sm_resp": "False"},

@@ -14,7 +14,6 @@ import txredisapi
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 
-from .amqp import AmqpSettings
 from .errors import ConfigError
 from .settlement import QueueNames, Settlement, SettlementConsumer
 from .sweeper import Sweeper
@@ -82,15 +81,12 @@ async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
     """Start settlement and the sweeper; return them (to stop)."""
     config = runtime.config
     s = config.settlement
-    a = config.amqp
     settlement = Settlement(runtime.store, dlr_refund_stats=s.dlr_refund,
                             metrics=getattr(runtime, "metrics", None),
                             retry_statuses=s.retry_statuses)
     consumer = SettlementConsumer(
         settlement,
-        AmqpSettings(host=a.host, port=a.port, vhost=a.vhost, username=a.username,
-                     password=a.password, heartbeat=a.heartbeat,
-                     connect_timeout=a.connect_timeout),
+        config.amqp,
         queues=QueueNames.with_prefix(s.queue_prefix),
         reactor=runtime.reactor,
         clock=runtime.reactor,
@@ -122,12 +118,8 @@ def start_plans_and_events(runtime: CreditsRuntime) -> list[Any]:
     e = config.events
     sinks: list[Any] = []
     if e.enabled and e.amqp:
-        a = config.amqp
-        sinks.append(AmqpSink(
-            AmqpSettings(host=a.host, port=a.port, vhost=a.vhost, username=a.username,
-                         password=a.password, heartbeat=a.heartbeat,
-                         connect_timeout=a.connect_timeout),
-            exchange=e.exchange, reactor=runtime.reactor, clock=runtime.reactor))
+        sinks.append(AmqpSink(config.amqp, exchange=e.exchange, reactor=runtime.reactor,
+                              clock=runtime.reactor))
     if e.enabled and e.webhook is not None:
         w = e.webhook
         sinks.append(WebhookSink(

@@ -13,7 +13,7 @@ from txamqp.client import TwistedDelegate
 from txamqp.protocol import AMQClient
 from txamqp.queue import Empty
 
-from jasmin_credits.localgateway import amqp_spec_path
+from jasmin_credits.amqp import default_spec_path
 from tests.e2e.conftest import wait_received
 
 UDHI = 0x40
@@ -123,7 +123,7 @@ def _spec():
     if not _SPEC:
         import txamqp.spec
 
-        _SPEC.append(txamqp.spec.load(amqp_spec_path()))
+        _SPEC.append(txamqp.spec.load(default_spec_path()))
     return _SPEC[0]
 
 
