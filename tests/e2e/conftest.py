@@ -50,6 +50,17 @@ def smpp_client(gateway: LocalGateway) -> Iterator[Callable[..., SmppTestClient]
 
 
 @pytest.fixture
+def books(gateway: LocalGateway):
+    """The gateway's wallets (tests/e2e/credits_support.py); alice's credit log must sum to
+    her balance once the test is over."""
+    from tests.e2e.credits_support import Books
+
+    books = Books(gateway)
+    yield books
+    books.assert_log_sums("alice")
+
+
+@pytest.fixture
 def destination() -> str:
     """A destination number no other test in the session uses."""
     return f"3361{next(_numbers):07d}"

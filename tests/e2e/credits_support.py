@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -78,6 +83,23 @@ class Books:
                    message=f"{uid} has nothing reserved")
         total = sum(e.int_field("amount") for e in self.log(uid))
         assert total == self.wallet(uid).balance, (total, self.wallet(uid).balance)
+
+
+@contextmanager
+def running_gateway(overrides: dict, provision: Callable[[LocalGateway], None],
+                    **kwargs: Any) -> Iterator[LocalGateway]:
+    """A gateway with the example credits config plus ``overrides``, provisioned by
+    ``provision``; everything stopped and removed afterwards."""
+    rundir = Path(tempfile.mkdtemp(prefix="jc-e2e-credits-"))
+    gateway = LocalGateway(rundir, REPO_CONFIG, provision=False, credits_overrides=overrides,
+                           **kwargs)
+    try:
+        gateway.start()
+        provision(gateway)
+        yield gateway
+    finally:
+        gateway.stop()
+        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def provision_with_routes(gateway: LocalGateway, refusing_script: str | None = None) -> None:

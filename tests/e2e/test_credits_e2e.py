@@ -7,18 +7,14 @@ smpplib as the SMPP client and Jasmin's HTTP API.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from jasmin_credits.localgateway import LocalGateway
 from tests.e2e.conftest import wait_received
-from tests.e2e.credits_support import PRICE, REPO_CONFIG, Books, provision_with_routes
+from tests.e2e.credits_support import PRICE, provision_with_routes, running_gateway
 
 UDHI = 0x40
 OPERATOR_SCRIPT = (
@@ -31,31 +27,11 @@ OVERRIDES = {
 }
 
 
-def credits_gateway(overrides=None, **kwargs):
-    rundir = Path(tempfile.mkdtemp(prefix="jc-e2e-credits-"))
-    gateway = LocalGateway(rundir, REPO_CONFIG, provision=False,
-                           smsc_args=["--fail", "3398=ESME_RINVDSTADR"],
-                           credits_overrides=overrides or OVERRIDES, **kwargs)
-    return rundir, gateway
-
-
 @pytest.fixture(scope="module")
 def gateway():
-    rundir, gw = credits_gateway()
-    try:
-        gw.start()
-        provision_with_routes(gw, OPERATOR_SCRIPT)
+    with running_gateway(OVERRIDES, lambda gw: provision_with_routes(gw, OPERATOR_SCRIPT),
+                         smsc_args=["--fail", "3398=ESME_RINVDSTADR"]) as gw:
         yield gw
-    finally:
-        gw.stop()
-    shutil.rmtree(rundir, ignore_errors=True)
-
-
-@pytest.fixture
-def books(gateway):
-    books = Books(gateway)
-    yield books
-    books.assert_log_sums("alice")
 
 
 def http(gateway, endpoint, **params):

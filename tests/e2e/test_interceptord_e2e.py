@@ -7,14 +7,9 @@ stock jasmind would. No MT interceptor is provisioned: the launcher's fallback
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 
-from jasmin_credits.localgateway import LocalGateway
-from tests.e2e.credits_support import PRICE, REPO_CONFIG, Books
+from tests.e2e.credits_support import PRICE, running_gateway
 from tests.e2e.test_credits_e2e import http, send
 
 OVERRIDES = {
@@ -23,31 +18,20 @@ OVERRIDES = {
 }
 
 
+def provision_without_interceptor(gw):
+    with gw.jcli() as jcli:
+        gw.add_group(jcli)
+        gw.add_user(jcli)
+        gw.add_smsc_connector(jcli)
+        gw.add_default_route(jcli)
+        assert "Total MT Interceptors: 0" in jcli.run("mtinterceptor -l", check=False)
+    gw.wait_connector_bound("smsc")
+
+
 @pytest.fixture(scope="module")
 def gateway():
-    rundir = Path(tempfile.mkdtemp(prefix="jc-e2e-pb-"))
-    gw = LocalGateway(rundir, REPO_CONFIG, provision=False, interceptord=True,
-                      credits_overrides=OVERRIDES)
-    try:
-        gw.start()
-        with gw.jcli() as jcli:
-            gw.add_group(jcli)
-            gw.add_user(jcli)
-            gw.add_smsc_connector(jcli)
-            gw.add_default_route(jcli)
-            assert "Total MT Interceptors: 0" in jcli.run("mtinterceptor -l", check=False)
-        gw.wait_connector_bound("smsc")
+    with running_gateway(OVERRIDES, provision_without_interceptor, interceptord=True) as gw:
         yield gw
-    finally:
-        gw.stop()
-    shutil.rmtree(rundir, ignore_errors=True)
-
-
-@pytest.fixture
-def books(gateway):
-    books = Books(gateway)
-    yield books
-    books.assert_log_sums("alice")
 
 
 def test_smpp_message_charged_through_the_interceptord(gateway, smpp_client, books):
