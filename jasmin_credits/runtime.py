@@ -9,11 +9,13 @@ they need.
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import deferToThread
 
 from .charging import Charger
 from .config import CreditsConfig, load_config
@@ -53,6 +55,8 @@ class CreditsRuntime:
         self.config = config
         self.reactor = reactor
         self.keys = Keys(config.redis.key_prefix)
+        self.instance = uuid.uuid4().hex
+        """Names this process in reload announcements (it ignores its own)."""
         self.cards = load_cards(config)
         self._assignments: dict[str, dict[str, str]] = {"user": {}, "group": {}}
         self.pricer = self._make_pricer(self.cards)
@@ -206,14 +210,15 @@ class CreditsRuntime:
 
         A broken file raises ConfigError and the cards in force stay.
         """
-        summary = self.reload_local()
-        await self.store.announce_reload("cards")
+        summary = await self.reload_local()
+        await self.store.announce_reload(f"cards {self.instance}")
         return summary
 
-    def reload_local(self) -> str:
-        cards = load_cards(self.config)
-        pricer = self._make_pricer(cards)
-        self.cards, self.pricer = cards, pricer
+    async def reload_local(self) -> str:
+        """Re-read the card files in a thread (a 50,000-prefix card takes seconds to parse:
+        the reactor must not wait), then swap the cards in one assignment."""
+        cards = await deferToThread(load_cards, self.config)
+        self.cards, self.pricer = cards, self._make_pricer(cards)
         return ", ".join(f"{c.name} ({len(c.entries)} entries)" for c in cards.values())
 
     async def assign_card(self, kind: str, ident: str, card: str | None) -> None:
@@ -225,7 +230,7 @@ class CreditsRuntime:
             raise ValueError(f"unknown card {card!r}; known cards: {known}")
         await self.store.set_card_assignment(f"{kind[0]}:{ident}", card)
         await self.refresh_assignments()
-        await self.store.announce_reload("assignments")
+        await self.store.announce_reload(f"assignments {self.instance}")
 
     def card_assignments(self) -> dict[str, dict[str, str]]:
         """Cards assigned by config and from jCli: ``{'user': {...}, 'group': {...}}``."""

@@ -14,7 +14,6 @@ import txredisapi
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 
-from .errors import ConfigError
 from .settlement import QueueNames, Settlement, SettlementConsumer
 from .sweeper import Sweeper
 
@@ -59,12 +58,16 @@ class CardReloadListener:
             runtime.reactor.connectTCP(config.host, config.port, self.factory,
                                        config.connect_timeout)
 
-    def _on_message(self, what: str) -> None:
+    def _on_message(self, message: str) -> None:
+        what, _, sender = message.partition(" ")
+        if sender == self.runtime.instance:
+            return  # this process applied it already
         if what == "cards":
-            try:
-                log.info("rate cards reloaded: %s", self.runtime.reload_local())
-            except ConfigError as error:
-                log.error("rate card reload refused, the old cards stay: %s", error)
+            d = Deferred.fromCoroutine(self.runtime.reload_local())
+            d.addCallbacks(
+                lambda summary: log.info("rate cards reloaded: %s", summary),
+                lambda f: log.error("rate card reload refused, the old cards stay: %s",
+                                    f.value))
         elif what == "assignments":
             d = Deferred.fromCoroutine(self.runtime.refresh_assignments())
             d.addErrback(lambda f: log.error("card assignments not refreshed: %s", f.value))
