@@ -99,6 +99,7 @@ async def main(args) -> None:
         await throughput(store, 2000, args.concurrency)  # warm-up, scripts loaded
         rate = await throughput(store, args.pairs, args.concurrency)
         samples = await latency(store, args.rate, args.seconds)
+        stats = await pool.execute_command("INFO", "commandstats")
         await pool.disconnect()
         raw = redis_benchmark(server.port, args.pairs * 2)
     finally:
@@ -110,6 +111,11 @@ async def main(args) -> None:
           f"{rate:,.0f}  = {2 * rate:,.0f} Lua calls/s")
     print(f"latency at {args.rate} pairs/s for {args.seconds}s ({len(samples)} pairs): "
           f"p50 {qs[49] * 1000:.2f} ms, p99 {qs[98] * 1000:.2f} ms")
+    evalsha = re.search(r"cmdstat_evalsha:calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)",
+                        stats)
+    if evalsha:
+        print(f"inside Redis: {evalsha.group(1)} EVALSHA (batches), "
+              f"{float(evalsha.group(3)):.1f} us per call")
     print(f"redis-benchmark EVAL (comparable script, -c 50): {raw:,.0f} calls/s")
     print(f"ratio: our Lua calls/s / raw EVAL calls/s = {2 * rate / raw:.2f}")
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidDestination, NotPriced, Refusal, StoreUnavailable
+from .metrics import NO_METRICS
 from .parts import Parts, count_http_chain, count_pdu
 from .pricing import Pricer, Quote
 from .settlement import tag_pdu
@@ -88,7 +89,9 @@ class Charger:
         missing_wallet: str = "pass",
         on_store_error: str = "refuse",
         on_unrecorded: Callable[[str, Quote, str], None] | None = None,
+        metrics: Any = NO_METRICS,
     ):
+        self.metrics = metrics
         self.store = store
         self.pricer = pricer
         self.missing_wallet = missing_wallet
@@ -98,12 +101,17 @@ class Charger:
     async def charge(self, routable: Any) -> Decision:
         """Hold credits for ``routable`` and tag its PDU; never raises."""
         try:
-            return await self._charge(routable)
+            decision = await self._charge(routable)
         except StoreUnavailable as error:
-            return self._store_failed(routable, str(error))
+            decision = self._store_failed(routable, str(error))
         except Exception as error:  # a bug must not become ESME_RSYSERR retry storms
             log.exception("charging failed unexpectedly")
-            return self._store_failed(routable, f"internal error: {error}")
+            decision = self._store_failed(routable, f"internal error: {error}")
+        if decision.refusal is not None:
+            self.metrics.refused(decision.refusal.label)
+        elif decision.charged and decision.quote is not None:
+            self.metrics.charged(decision.quote.country or "", decision.quote.total)
+        return decision
 
     async def _charge(self, routable: Any) -> Decision:
         pdu = routable.pdu

@@ -59,6 +59,8 @@ class CreditsJasminDaemon(JasminDaemon):
     handed by jasmind to the SMPP server factory, the HTTP API and the SMPP client manager),
     and ``install_jcli``/``install_http`` run right after their factories are built.
     ``runtime.stop()`` runs before reactor shutdown, after jasmind stopped its services.
+    With ``charging.mode: pre-routing`` the SMPP server and ``/send`` charge through
+    :mod:`jasmin_credits.interceptors.prehook` instead of the interceptor client.
     """
 
     def __init__(self, opt: Any, runtime: Any = None) -> None:
@@ -100,10 +102,21 @@ class CreditsJasminDaemon(JasminDaemon):
     def _in_process(self) -> bool:
         return self.runtime is not None and bool(self.runtime.in_process)
 
+    def _pre_routing(self) -> bool:
+        config = getattr(self.runtime, "config", None)
+        return getattr(config, "charging_mode", None) == "pre-routing"
+
     def startInterceptorPBClient(self) -> Any:  # noqa: N802 - jasmind API
-        """Use the runtime's in-process interceptor client when it has one, else Jasmin's."""
+        """Use the runtime's in-process interceptor client when it has one, else Jasmin's.
+
+        In ``pre-routing`` mode that client only runs the operator's scripts (it does not
+        charge): :mod:`jasmin_credits.interceptors.prehook` charges after it.
+        """
         if self._in_process():
-            self.components["interceptor-pb-client"] = self.runtime.make_interceptor_client()
+            client = self.runtime.make_interceptor_client()
+            if self._pre_routing():
+                client = client.without_charging()
+            self.components["interceptor-pb-client"] = client
             return defer.succeed(None)
         return super().startInterceptorPBClient()
 
@@ -128,12 +141,23 @@ class CreditsJasminDaemon(JasminDaemon):
         super().startSMPPServerService()
         if self.options["tcp-nodelay"]:
             set_tcp_nodelay_on_accept(self.components["smpp-server-factory"])
+        if self._pre_routing():
+            from jasmin_credits.interceptors import prehook
+
+            prehook.install_smpp(self.components["smpp-server-factory"], self.runtime.charger,
+                                 self.runtime.config)
 
     def startHTTPApiService(self) -> None:  # noqa: N802 - jasmind API
         """jasmind's HTTP API, then ``runtime.install_http(http_api_resource)``."""
         super().startHTTPApiService()
         if self.runtime is not None:
             self.runtime.install_http(self.components["http-api-factory"])
+        if self._pre_routing():
+            from jasmin_credits.interceptors import prehook
+
+            api = self.components["http-api-factory"]
+            send = getattr(api, "resource", api).children[b"send"]
+            prehook.install_http(send, self.runtime.charger, self.runtime.config)
 
     def startJCliService(self) -> None:  # noqa: N802 - jasmind API
         """jasmind's jCli, then ``runtime.install_jcli(jcli_factory)``.

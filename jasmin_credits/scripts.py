@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-NAMES = ("reserve", "settle", "outcome", "topup", "configure", "remove")
+NAMES = ("reserve", "settle", "outcome", "topup", "configure", "remove", "plan_set", "plan_run")
 
 _BATCH_LOOP = """
 local results, ki, ai = {}, 1, 2

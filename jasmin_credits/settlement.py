@@ -195,7 +195,9 @@ class Settlement:
         retry_statuses: Iterable[str] = JASMIN_RETRY_STATUSES,
         smsc_map_ttl_ms: int | None = None,
         dlr_park_ttl_ms: int = 3_600_000,
+        metrics: Any = None,
     ):
+        self.metrics = metrics
         if unknown_outcome_policy not in ("wait", "refund"):
             raise ValueError("unknown_outcome_policy must be 'wait' or 'refund'")
         self.store = store
@@ -278,7 +280,9 @@ class Settlement:
         if status in self.retry_statuses and self.unknown_outcome_policy == "wait":
             log.info("submit_sm_resp %s for %s: Jasmin may retry it; left open", status, msgid)
             return Outcome.WAITING
-        await self.store.settle_message(msgid, False, reason=status)
+        settled = await self.store.settle_message(msgid, False, reason=status)
+        if settled is not None and settled.found and self.metrics is not None:
+            self.metrics.refunded("submit_error")
         return Outcome.SETTLED
 
     async def _map_smsc_id(self, smpp_msgid: str, msgid: str) -> None:
@@ -318,7 +322,9 @@ class Settlement:
             log.info("DLR %s for %s: message not linked to a reservation", stat, msgid)
             return Outcome.IGNORED
         uid, ref = link
-        await self.store.refund(uid, ref, reason=f"DLR {stat}", msgid=msgid)
+        settled = await self.store.refund(uid, ref, reason=f"DLR {stat}", msgid=msgid)
+        if settled.found and self.metrics is not None:
+            self.metrics.refunded("dlr")
         return Outcome.SETTLED
 
 

@@ -6,6 +6,7 @@ destination's prefix (longest prefix wins):
 
 * ``fail={"3399": "ESME_RSUBMITFAIL"}``: answer that error status;
 * ``silent=["3398"]``: never answer (the client times out);
+* ``disconnect=["3396"]``: record the message, answer nothing and drop the connection;
 * ``dlr_stat={"3397": "UNDELIV"}``: the stat of the delivery receipt (default ``DELIVRD``).
 
 Everything else gets ``ESME_ROK`` and a fresh message id. When ``registered_delivery`` asks for
@@ -219,6 +220,8 @@ class SMSCSimulator(Factory):
 
     :param fail: destination prefix → SMPP status (name, number or ``CommandStatus``).
     :param silent: destination prefixes whose ``submit_sm`` is never answered.
+    :param disconnect: destination prefixes whose ``submit_sm`` closes the connection
+        (unanswered; recorded with status ``DISCONNECTED``).
     :param dlr_stat: destination prefix → receipt stat (``DELIVRD``, ``UNDELIV``, ...).
     :param default_stat: receipt stat when no ``dlr_stat`` prefix matches.
     :param dlr_delay: seconds between the ``submit_sm_resp`` and the receipt.
@@ -238,6 +241,7 @@ class SMSCSimulator(Factory):
         log_path: str | Path | None = None,
         system_id: str = "jcsim",
         reactor: Any = None,
+        disconnect: Iterable[str] = (),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -246,6 +250,7 @@ class SMSCSimulator(Factory):
         self.reactor: IReactorTCP | IReactorTime = reactor
         self.fail = {prefix: _command_status(status) for prefix, status in (fail or {}).items()}
         self.silent = {prefix: True for prefix in silent}
+        self.disconnect = {prefix: True for prefix in disconnect}
         self.dlr_stat = dict(dlr_stat or {})
         for stat in [default_stat, *self.dlr_stat.values()]:
             if stat not in STAT_STATES:
@@ -294,7 +299,8 @@ class SMSCSimulator(Factory):
             RegisteredDeliveryReceipt.NO_SMSC_DELIVERY_RECEIPT_REQUESTED)
         data_coding = params.get("data_coding")
         coding = getattr(getattr(data_coding, "schemeData", None), "value", 0)
-        silent = _longest_prefix(self.silent, destination) is not None
+        dropping = _longest_prefix(self.disconnect, destination) is not None
+        silent = dropping or _longest_prefix(self.silent, destination) is not None
         failing = _longest_prefix(self.fail, destination)
         status = self.fail[failing] if failing is not None else CommandStatus.ESME_ROK
         message_id = str(uuid.uuid4()) if status == CommandStatus.ESME_ROK and not silent else None
@@ -307,10 +313,13 @@ class SMSCSimulator(Factory):
             esm_class_udhi=udhi,
             data_coding=int(coding) if isinstance(coding, int) else 0,
             registered_delivery=wants_receipt,
-            status="NO_ANSWER" if silent else status.name,
+            status="DISCONNECTED" if dropping else "NO_ANSWER" if silent else status.name,
             message_id=message_id,
         )
         self._record(record)
+        if dropping:
+            connection.transport.loseConnection()
+            return
         if silent:
             return
         if message_id is None:
@@ -384,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="answer STATUS (e.g. ESME_RSUBMITFAIL) for destinations with PREFIX")
     parser.add_argument("--silent", action="append", default=[], metavar="PREFIX",
                         help="never answer submit_sm for destinations with PREFIX")
+    parser.add_argument("--disconnect", action="append", default=[], metavar="PREFIX",
+                        help="close the connection on submit_sm for destinations with PREFIX")
     parser.add_argument("--dlr-stat", action="append", default=[], metavar="PREFIX=STAT",
                         help="receipt stat (DELIVRD, UNDELIV, EXPIRED, ...) for PREFIX")
     parser.add_argument("--default-stat", default="DELIVRD", help="receipt stat otherwise")
@@ -401,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         simulator = SMSCSimulator(
             fail=_pairs(args.fail, "--fail"),
             silent=args.silent,
+            disconnect=args.disconnect,
             dlr_stat=_pairs(args.dlr_stat, "--dlr-stat"),
             default_stat=args.default_stat,
             dlr_delay=args.dlr_delay,

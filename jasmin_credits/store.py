@@ -615,6 +615,67 @@ class CreditStore:
             self.keys.events(uid), since_ms, until_ms, types, count, before
         )
 
+    # -- top-up plans (see jasmin_credits.plans) ---------------------------------------------
+
+    @property
+    def plans_index(self) -> str:
+        """Set of uids that have a plan (the plan scheduler's work list)."""
+        return f"{self.keys.prefix}:plans"
+
+    async def plan_fields(self, uid: str) -> dict[str, str]:
+        """The raw plan hash of ``uid`` (empty: no plan)."""
+        check_uid(uid)
+        return _pairs(await self._command("HGETALL", self.keys.plan(uid)))
+
+    async def plan_users(self) -> list[str]:
+        """Every uid with a plan, sorted."""
+        return sorted(await self._command("SMEMBERS", self.plans_index))
+
+    async def forget_plan_user(self, uid: str) -> None:
+        """Drop ``uid`` from the plan index (its plan is gone, e.g. wallet removed)."""
+        await self._command("SREM", self.plans_index, uid)
+
+    async def set_plan(self, uid: str, fields: dict[str, str] | None, *, actor: str,
+                       create: bool = True) -> int:
+        """Replace the plan definition of ``uid`` (None or empty removes it).
+
+        Run bookkeeping survives; the plan's version goes up and is answered (0 when
+        removed). An event ``plan_set`` records the change. Raises UnknownWallet when there
+        is no wallet and ``create`` is False.
+        """
+        check_uid(uid)
+        pairs = [str(x) for item in sorted((fields or {}).items()) for x in item]
+        status, version = await self._run(
+            "plan_set",
+            [self.keys.wallet(uid), self.keys.plan(uid), self.keys.events(uid),
+             self.keys.wallets, self.plans_index, self.keys.outbox],
+            [uid, self.now_ms(), _ms(self.settings.events_retention), actor,
+             "1" if create else "0", *pairs],
+        )
+        if status == NO_WALLET:
+            raise UnknownWallet(f"user {uid} has no wallet")
+        return int(version)
+
+    async def run_plan(self, uid: str, which: str, *, version: str, op_id: str,
+                       period: str, mark: int, month: str) -> tuple[int, int, int]:
+        """One plan run, decided and applied atomically (``lua/plan_run.lua``).
+
+        ``which`` is ``scheduled`` (``mark`` = the occurrence, epoch ms) or ``threshold``
+        (``mark`` = the run's number in the day). Answers ``(status, added, balance)``.
+        """
+        check_uid(uid)
+        if which not in ("scheduled", "threshold"):
+            raise ValueError(f"unknown plan kind {which!r}")
+        status, added, balance = await self._run(
+            "plan_run",
+            [self.keys.wallet(uid), self.keys.log(uid), self.keys.events(uid),
+             self.keys.op(uid, op_id), self.keys.plan(uid), self.keys.outbox],
+            [uid, which, version, op_id, self.now_ms(), _ms(self.settings.log_retention),
+             _ms(self.settings.events_retention), _ms(self.settings.op_ttl), period,
+             int(mark), month],
+        )
+        return int(status), int(added), int(balance)
+
 
 def _pairs(flat: Any) -> dict[str, str]:
     if isinstance(flat, dict):

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from ..charging import Charger
 from ..config import CreditsConfig
-from .answer import accept_answer, answer
+from .answer import answer, live_answer
 from .script import run_script
 
 
@@ -25,7 +25,8 @@ class InProcessInterceptor:
 
     ``charge=False`` gives the same script semantics without charging: the launcher hands
     that variant to HTTP ``/rate`` (Jasmin runs the MT interceptor there too) and to MO
-    interception.
+    interception, and in ``pre-routing`` mode (:mod:`.prehook` charges after interception).
+    "Go on" answers are :func:`~.answer.live_answer` handles, not the pickled routable.
     """
 
     isConnected = True
@@ -47,9 +48,9 @@ class InProcessInterceptor:
         if result.failed or result.statuses is not None:
             return succeed(result.jasmin_answer())
         if not self.charge or not isinstance(result.routable, RoutableSubmitSm):
-            return succeed(accept_answer(result.routable))
+            return succeed(live_answer(result.routable))
         return Deferred.fromCoroutine(self._charge(result.routable))
 
     async def _charge(self, routable: Any) -> bytes | dict[str, Any]:
         decision = await self.charger.charge(routable)
-        return answer(decision, routable, self.config)
+        return answer(decision, routable, self.config, accept=live_answer)

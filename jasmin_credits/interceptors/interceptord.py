@@ -7,7 +7,8 @@ unchanged. Differences:
 - it binds 127.0.0.1 unless the config file names a ``bind`` address (stock: 0.0.0.0);
 - the script runs, then MT messages it let through are charged asynchronously: many
   messages are in flight at once (stock interceptord runs scripts one at a time);
-- ``--credits-config`` (or ``$JASMIN_CREDITS_CONFIG``) names our YAML file.
+- ``--credits-config`` (or ``$JASMIN_CREDITS_CONFIG``) names our YAML file;
+- ``--metrics-port N`` serves our Prometheus metrics on ``http://127.0.0.1:N/``.
 
 Caveat: with stock jasmind, HTTP ``/rate`` also calls the interceptor and nothing tells
 it from ``/send``. Such a hold is never queued, so the sweeper releases it after
@@ -45,6 +46,7 @@ class Options(StockOptions):
         *StockOptions.optParameters,
         ["credits-config", None, None, "jasmin-credits YAML configuration file"],
         ["lock-file", None, "/tmp/interceptord", "lock file preventing two daemons"],
+        ["metrics-port", None, None, "serve Prometheus metrics on this port (127.0.0.1)"],
     ]
 
 
@@ -107,6 +109,15 @@ class CreditsInterceptorDaemon(InterceptorDaemon):
     def start(self) -> Any:
         yield self.runtime.start()
         yield super().start()
+        if self.options["metrics-port"]:
+            from twisted.web.server import Site
+
+            from ..metrics import MetricsResource
+
+            self.components["metrics-server"] = reactor.listenTCP(
+                int(self.options["metrics-port"]),
+                Site(MetricsResource(self.runtime.metrics, clock=reactor)),
+                interface="127.0.0.1")
 
     @defer.inlineCallbacks
     def stop(self) -> Any:

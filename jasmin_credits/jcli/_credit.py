@@ -23,6 +23,7 @@ from ._common import (
     page_number,
     table,
 )
+from ._plan import PlanSessionMixin
 
 PAGE_SIZE = 20
 CSV_BATCH = 500
@@ -54,7 +55,7 @@ SESSION_HELP = [
 ]
 
 
-class CreditManager(AsyncManager, PersistableManager):
+class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
     """Logic of the ``credit`` command. Store calls are coroutines answered asynchronously.
 
     ``persist`` and ``load``: wallets, both logs and card assignments are written to Redis
@@ -94,7 +95,8 @@ class CreditManager(AsyncManager, PersistableManager):
         for w in wallets:
             day, week, month = (self._used_of(u.credits, u.credit_limit) for u in w.usage)
             rows.append([w.uid, self.amount(w.balance), self.amount(w.reserved),
-                         self.amount(w.overdraft), day, week, month, "-"])
+                         self.amount(w.overdraft), day, week, month,
+                         await self.plan_of(w.uid)])
         header = ["User id", "Balance", "Reserved", "Overdraft", "Daily", "Weekly",
                   "Monthly", "Plan"]
         lines = table(header, rows, right=(1, 2, 3, 4, 5, 6))
@@ -142,7 +144,7 @@ class CreditManager(AsyncManager, PersistableManager):
         lines.append(f"low_balance {self.amount(low)}" + (
             "" if low is None else " (an event when the available credit falls below)"))
         lines.append(f"rate_card {self._card_name(uid, gid)}")
-        lines.append("plan -")
+        lines.append(f"plan {await self.plan_of(uid)}")
         if wallet.created_ms:
             lines.append(f"created {self.local_time(wallet.created_ms)}")
         return lines

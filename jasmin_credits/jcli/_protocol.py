@@ -31,6 +31,10 @@ Examples:
   credit --log alice --csv /tmp/alice-log.csv
   credit --events alice
   credit -r alice                     remove the wallet (its logs are kept)
+  credit --plan alice                 set a top-up plan, then ok (ko cancels):
+    every monthly / day 1 / at 09:00 / reset 500 / cap 1000   monthly top-up to 500
+    below 10 / recharge 50 / max_per_day 2                  auto-recharge
+    none                                                     remove the plan
 Session keys of credit -u:
   daily weekly monthly                credit limits per day, ISO week, month
   daily_messages weekly_messages monthly_messages   message limits
@@ -122,6 +126,9 @@ class CreditsJCliProtocol(JCliProtocol):
         make_option("-u", "--update", type="string", metavar="UID",
                     help="Set limits, overdraft and low-balance threshold in an interactive"
                          " session (ok: save, ko: exit)"),
+        make_option("--plan", type="string", metavar="UID",
+                    help="Set UID's automatic top-up plan (scheduled and/or threshold) in an"
+                         " interactive session (ok: save, ko: exit)"),
         make_option("-r", "--remove", type="string", metavar="UID",
                     help="Remove UID's wallet (its logs are kept)"),
         make_option("--log", type="string", metavar="UID",
@@ -147,7 +154,8 @@ class CreditsJCliProtocol(JCliProtocol):
     def do_credit(self, arg: str, opts: Any) -> Any:
         """Credit wallets: balances, top-ups, limits and logs"""
         for option, method in (("list", "list"), ("show", "show"), ("top_up", "top_up"),
-                               ("update", "update"), ("remove", "remove"), ("log", "log"),
+                               ("update", "update"), ("plan", "plan"), ("remove", "remove"),
+                               ("log", "log"),
                                ("events", "events")):
             if getattr(opts, option):
                 return self._run("credit", method, arg, opts)

@@ -1,0 +1,571 @@
+"""Ingest speed of a real local gateway: stock Jasmin beside jasmin-credits, in one run.
+
+For each configuration, one after another (stock jasmind and interceptord have fixed lock
+files, so only one of each can run), a complete :class:`~jasmin_credits.localgateway.LocalGateway`
+is started on loopback (redis-server, RabbitMQ, the SMSC simulator, jasmind, dlrlookupd/dlrd),
+measured, and stopped:
+
+1. ``stock``: stock ``jasmind.py`` (plus TCP_NODELAY, as our launcher sets it: see
+   :func:`run_stock_jasmind`), no MT interceptor;
+2. ``stock+interceptord``: stock ``jasmind.py`` + stock ``interceptord.py``, no-op script;
+3. ``in-process``: our launcher charging in process (DefaultInterceptor, pass-through);
+4. ``drop-in``: stock ``jasmind.py`` + our ``jasmin-credits-interceptord`` charging;
+5. ``pre-routing``: our launcher, ``charging.mode: pre-routing`` (no MT interceptor at all).
+
+Measurements, each in a fresh client process (``client-smpp`` / ``client-http`` sub-commands
+of this script) after a warm-up that is not counted:
+
+- SMPP: a raw Twisted SMPP client (TCP_NODELAY) bound as alice keeps ``window`` submit_sm
+  outstanding; submit_sm per second (measured messages / time from the first send to the
+  last response) and submit_sm_resp latency p50/p99;
+- HTTP ``/send`` (configurations 1, 3 and 5): ``--http-clients`` concurrent keep-alive
+  clients; messages per second and latency p50/p99.
+
+Between measurements the script waits (bounded) until the SMSC received every accepted
+message, so one measurement's delivery backlog does not slow the next one. Charging
+configurations fund alice with a huge balance first and check afterwards that credits
+were really held. Also printed: the price lookup on a 50,000-prefix card
+(``bench_price_lookup.py``), CPU count and load average. Every loop is bounded in count and
+time; everything is stopped at the end, even on failure or Ctrl-C.
+
+Run: ``.venv/bin/python bench/bench_gateway.py [--messages 5000] [--wait-load 0.8]``
+(results: docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# -- the SMPP client (runs in a child process) ------------------------------------------------
+
+BIND_TRANSCEIVER = 0x00000009
+SUBMIT_SM = 0x00000004
+DELIVER_SM = 0x00000005
+UNBIND = 0x00000006
+ENQUIRE_LINK = 0x00000015
+RESP = 0x80000000
+HEADER = struct.Struct(">IIII")
+
+
+def pdu(command_id: int, seq: int, body: bytes, status: int = 0) -> bytes:
+    """One SMPP PDU: header and body."""
+    return HEADER.pack(HEADER.size + len(body), command_id, status, seq) + body
+
+
+def bind_body(system_id: str, password: str) -> bytes:
+    """bind_transceiver body (SMPP 3.4)."""
+    return (system_id.encode() + b"\0" + password.encode() + b"\0" + b"\0"
+            + bytes([0x34, 0, 0]) + b"\0")
+
+
+def submit_body(destination: str, text: bytes) -> bytes:
+    """submit_sm body: alphanumeric sender, international destination, no receipt."""
+    return (b"\0" + bytes([5, 0]) + b"bench\0" + bytes([1, 1]) + destination.encode() + b"\0"
+            + bytes([0, 0, 0]) + b"\0\0" + bytes([0, 0, 0, 0, len(text)]) + text)
+
+
+def percentile(samples: list[float], q: int) -> float:
+    """The ``q``-th percentile of ``samples`` (nearest rank on sorted data)."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def summarize(count: int, elapsed: float, latencies: list[float], statuses: dict) -> dict:
+    """The JSON result of one measurement."""
+    return {"count": count, "seconds": elapsed, "rate": count / elapsed if elapsed else 0.0,
+            "p50_ms": percentile(latencies, 50) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000,
+            "statuses": {str(k): v for k, v in statuses.items()}}
+
+
+def run_smpp_client(port: int, window: int, count: int, warmup: int, timeout: float,
+                    prefix: str) -> dict:
+    """Send ``warmup`` then ``count`` submit_sm keeping ``window`` outstanding; the result."""
+    from twisted.internet import defer, protocol, reactor
+
+    class Sender(protocol.Protocol):
+        """Bind, then keep ``window`` submit_sm in flight through two phases."""
+
+        def __init__(self) -> None:
+            self.buffer = b""
+            self.seq = 1
+            self.sent_at: dict[int, float] = {}
+            self.done = defer.Deferred()
+            self.phase: list[Any] = []  # [remaining to send, outstanding, latencies, statuses]
+            self.phases = [warmup, count]
+            self.results: list[dict] = []
+            self.number = 0
+
+        def connectionMade(self) -> None:  # noqa: N802 - Twisted API
+            self.transport.setTcpNoDelay(True)
+            self.transport.write(pdu(BIND_TRANSCEIVER, self.next_seq(),
+                                     bind_body("alice", "alicepwd")))
+
+        def next_seq(self) -> int:
+            self.seq += 1
+            return self.seq
+
+        def start_phase(self) -> None:
+            if not self.phases:
+                self.transport.write(pdu(UNBIND, self.next_seq(), b""))
+                self.done.callback(self.results)
+                return
+            n = self.phases.pop(0)
+            self.phase = [n, 0, [], {}, time.perf_counter(), n]
+            if n == 0:
+                self.start_phase()
+                return
+            self.fill()
+
+        def fill(self) -> None:
+            ph = self.phase
+            chunks = []
+            while ph[0] > 0 and ph[1] < window:
+                ph[0] -= 1
+                ph[1] += 1
+                self.number += 1
+                seq = self.next_seq()
+                chunks.append(pdu(SUBMIT_SM, seq, submit_body(
+                    f"{prefix}{self.number:07d}", b"bench message")))
+                self.sent_at[seq] = time.perf_counter()
+            if chunks:
+                self.transport.write(b"".join(chunks))
+
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
+            self.buffer += data
+            while len(self.buffer) >= 16:
+                length, command_id, status, seq = HEADER.unpack_from(self.buffer)
+                if len(self.buffer) < length:
+                    break
+                body, self.buffer = self.buffer[16:length], self.buffer[length:]
+                self.handle(command_id, status, seq, body)
+
+        def handle(self, command_id: int, status: int, seq: int, body: bytes) -> None:
+            if command_id == SUBMIT_SM | RESP:
+                now = time.perf_counter()
+                ph = self.phase
+                ph[2].append(now - self.sent_at.pop(seq, now))
+                ph[3][status] = ph[3].get(status, 0) + 1
+                ph[1] -= 1
+                if ph[0] == 0 and ph[1] == 0:
+                    if ph[5]:
+                        self.results.append(summarize(ph[5], now - ph[4], ph[2], ph[3]))
+                    self.start_phase()
+                else:
+                    self.fill()
+            elif command_id == BIND_TRANSCEIVER | RESP:
+                if status:
+                    self.done.errback(RuntimeError(f"bind refused: status {status:#x}"))
+                    return
+                self.start_phase()
+            elif command_id in (ENQUIRE_LINK, DELIVER_SM):
+                self.transport.write(pdu(command_id | RESP, seq,
+                                         b"\0" if command_id == DELIVER_SM else b""))
+            elif command_id == RESP:
+                self.done.errback(RuntimeError(f"generic_nack status {status:#x}"))
+
+        def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted API
+            if not self.done.called:
+                self.done.errback(RuntimeError(f"connection lost: {reason}"))
+
+    outcome: dict[str, Any] = {}
+
+    def finish(result: Any) -> None:
+        if isinstance(result, list):
+            outcome.update(result[-1])
+        else:
+            outcome["error"] = str(getattr(result, "value", result))
+        if reactor.running:
+            reactor.stop()
+
+    def go() -> None:
+        sender = Sender()
+        connecting = protocol.ClientCreator(reactor, lambda: sender).connectTCP(
+            "127.0.0.1", port, timeout=10)
+        connecting.addErrback(lambda f: sender.done.errback(f) if not sender.done.called
+                              else None)
+        guard = reactor.callLater(timeout, lambda: sender.done.called
+                                  or sender.done.errback(TimeoutError(
+                                      f"not done after {timeout}s ({sender.number} sent)")))
+        sender.done.addBoth(lambda r: (guard.active() and guard.cancel(), r)[1])
+        sender.done.addBoth(finish)
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    return outcome
+
+
+def run_http_client(port: int, clients: int, count: int, warmup: int, timeout: float,
+                    prefix: str) -> dict:
+    """``clients`` concurrent keep-alive loops on ``/send``: warm-up, then ``count``; result."""
+    import treq
+    from twisted.internet import defer, reactor
+    from twisted.web.client import HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = clients
+    numbers = iter(range(1, 10**9))
+    outcome: dict[str, Any] = {}
+
+    async def phase(n: int) -> dict:
+        remaining = [n]
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+
+        async def loop() -> None:
+            while remaining[0] > 0:
+                remaining[0] -= 1
+                url = (f"http://127.0.0.1:{port}/send?username=alice&password=alicepwd"
+                       f"&to={prefix}{next(numbers):07d}&content=bench+message")
+                started = time.perf_counter()
+                response = await treq.get(url, pool=pool, timeout=10)
+                await treq.content(response)
+                latencies.append(time.perf_counter() - started)
+                statuses[response.code] = statuses.get(response.code, 0) + 1
+
+        started = time.perf_counter()
+        await defer.gatherResults([defer.Deferred.fromCoroutine(loop())
+                                   for _ in range(clients)], consumeErrors=True)
+        return summarize(n, time.perf_counter() - started, latencies, statuses)
+
+    async def main(_reactor: Any) -> None:
+        try:
+            if warmup:
+                await phase(warmup)
+            outcome.update(await phase(count))
+        except Exception as error:  # reported to the orchestrator as JSON
+            outcome["error"] = f"{type(error).__name__}: {error}"
+        finally:
+            await pool.closeCachedConnections()
+
+    def go() -> None:
+        d = defer.Deferred.fromCoroutine(main(reactor))
+        d.addTimeout(timeout, reactor, onTimeoutCancel=lambda *_: outcome.setdefault(
+            "error", f"not done after {timeout}s"))
+        d.addErrback(lambda _: None)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    return outcome
+
+
+def run_stock_jasmind(argv: list[str]) -> None:
+    """Jasmin's own ``jasmind.py`` with one change: TCP_NODELAY on accepted SMPP connections.
+
+    Twisted leaves Nagle on; our launcher's ``--tcp-nodelay`` turns it off, and without the
+    same here stock jasmind's window-50 figures measure Nagle's 40 ms, not Jasmin.
+    """
+    import runpy
+
+    from jasmin.protocols.smpp.protocol import SMPPServerProtocol
+
+    made = SMPPServerProtocol.connectionMade
+
+    def connection_made(self: Any) -> None:
+        self.transport.setTcpNoDelay(True)
+        made(self)
+
+    SMPPServerProtocol.connectionMade = connection_made
+    sys.argv = ["jasmind.py", *argv]
+    runpy.run_module("jasmin.bin.jasmind", run_name="__main__", alter_sys=True)
+
+
+# -- the orchestrator -------------------------------------------------------------------------
+
+@dataclass
+class Configuration:
+    """One gateway set-up to measure."""
+
+    key: str
+    label: str
+    gateway_kwargs: dict[str, Any]
+    interceptor: bool
+    charging: bool
+    http: bool
+    results: dict[str, dict] = field(default_factory=dict)
+
+
+def configurations() -> dict[str, Configuration]:
+    """Every configuration, by its number."""
+    config = str(REPO / "config" / "credits.yaml")
+    stock = {"stock_jasmind": True,
+             "launcher_argv": [sys.executable, str(Path(__file__).resolve()), "stock-jasmind"]}
+    return {
+        "1": Configuration("1", "stock jasmind, no interceptor",
+                           {**stock, "interceptord": False}, False, False, True),
+        "2": Configuration("2", "stock jasmind + stock interceptord, no-op script",
+                           {**stock, "interceptord": True}, True, False, False),
+        "3": Configuration("3", "launcher, charging in process",
+                           {"credits_config": config}, True, True, True),
+        "4": Configuration("4", "stock jasmind + our interceptord, charging",
+                           {**stock, "credits_config": config, "interceptord": True,
+                            "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
+                           True, True, False),
+        "5": Configuration("5", "launcher, pre-routing charging (no interceptor)",
+                           {"credits_config": config,
+                            "credits_overrides": {"charging": {"mode": "pre-routing"}}},
+                           False, True, True),
+    }
+
+
+def provision(gateway: Any, interceptor: bool) -> None:
+    """Group, alice, the bound connector, a DefaultRoute; the pass-through interceptor if
+    asked (Jasmin calls no interceptor when none is configured)."""
+    with gateway.jcli() as jcli:
+        gateway.add_group(jcli)
+        gateway.add_user(jcli)
+        gateway.add_smsc_connector(jcli)
+        gateway.add_default_route(jcli)
+        if interceptor:
+            gateway.add_default_interceptor(jcli)
+    gateway.wait_connector_bound("smsc")
+
+
+def smsc_count(gateway: Any) -> int:
+    """submit_sm received by the simulator so far (lines of its log)."""
+    try:
+        with open(gateway.smsc_log, "rb") as log:
+            return sum(1 for _ in log)
+    except FileNotFoundError:
+        return 0
+
+
+def drain(gateway: Any, expected: int, timeout: float) -> bool:
+    """Wait (bounded) until the simulator received ``expected`` messages."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if smsc_count(gateway) >= expected:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_client(args: argparse.Namespace, kind: str, port: int, width: int, count: int,
+               warmup: int, prefix: str) -> dict:
+    """Run one measurement in a fresh client process; its JSON result."""
+    argv = [sys.executable, str(Path(__file__).resolve()), kind, "--port", str(port),
+            "--width", str(width), "--count", str(count), "--warmup", str(warmup),
+            "--timeout", str(args.client_timeout), "--prefix", prefix]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
+                             timeout=args.client_timeout + 30)
+    except subprocess.TimeoutExpired:
+        return {"error": "client process timed out"}
+    try:
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": f"client failed: {out.stderr.strip()[-500:]}"}
+
+
+def accepted(result: dict) -> int:
+    """Messages a measurement got accepted (SMPP status 0 / HTTP 200)."""
+    statuses = result.get("statuses", {})
+    return int(statuses.get("0", 0)) + int(statuses.get("200", 0))
+
+
+def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    """Start ``conf``'s gateway, run its measurements, stop it (always)."""
+    from jasmin_credits.localgateway import LocalGateway
+
+    rundir = Path(tempfile.mkdtemp(prefix=f"jc-bench-gw{conf.key}-"))
+    gateway = LocalGateway(rundir, provision=False, **conf.gateway_kwargs)
+    try:
+        gateway.start()
+        provision(gateway, conf.interceptor)
+        books = None
+        if conf.charging:
+            from tests.e2e.credits_support import Books
+
+            books = Books(gateway)
+            books.top_up("alice", 10**15)
+        say(f"  [{conf.key}] gateway up in {gateway.startup_seconds:.1f}s")
+        sent = 0
+        plan = [(f"smpp w{w}", "client-smpp", gateway.smpp_port, w) for w in args.windows]
+        if conf.http and args.http_messages:
+            plan.append((f"http c{args.http_clients}", "client-http", gateway.http_port,
+                         args.http_clients))
+        for n, (name, kind, port, width) in enumerate(plan):
+            count = args.http_messages if kind == "client-http" else args.messages
+            before = books.wallet("alice") if books else None
+            result = run_client(args, kind, port, width, count, args.warmup,
+                                prefix=f"447{conf.key}{n}")
+            conf.results[name] = result
+            sent += accepted(result) + (args.warmup if "error" not in result else 0)
+            if books is not None and "error" not in result:
+                after = books.wallet("alice")
+                held = (before.balance - before.reserved) - (after.balance - after.reserved)
+                result["held_messages"] = held // 500  # world.yaml: 447 costs 500 units
+            say(f"  [{conf.key}] {name}: {describe(result)}")
+            if not drain(gateway, sent, args.drain_timeout):
+                say(f"  [{conf.key}] warning: SMSC got {smsc_count(gateway)} of {sent} "
+                    f"after {args.drain_timeout}s")
+    except Exception as error:
+        conf.results["error"] = {"error": f"{type(error).__name__}: {error}"}
+        say(f"  [{conf.key}] FAILED: {error}")
+    finally:
+        gateway.stop()
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def describe(result: dict) -> str:
+    """One measurement on one line."""
+    if "error" in result:
+        return f"ERROR {result['error']}"
+    extra = f", held for {result['held_messages']}" if "held_messages" in result else ""
+    return (f"{result['rate']:,.0f}/s, p50 {result['p50_ms']:.2f} ms, p99 "
+            f"{result['p99_ms']:.2f} ms, statuses {result['statuses']}{extra}")
+
+
+def table(confs: list[Configuration], columns: list[str]) -> str:
+    """The Markdown table of rates, latencies and ratios against (1) and (2)."""
+    by_key = {c.key: c for c in confs}
+    lines = ["| configuration | measurement | msg/s | p50 ms | p99 ms | vs (1) | vs (2) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for conf in confs:
+        for column in columns:
+            result = conf.results.get(column)
+            if result is None:
+                continue
+            if "error" in result:
+                lines.append(f"| ({conf.key}) {conf.label} | {column} | error | | | | |")
+                continue
+            ratios = []
+            for base in ("1", "2"):
+                ref = by_key.get(base)
+                ref_result = ref.results.get(column) if ref else None
+                if ref_result and "rate" in ref_result and ref_result["rate"]:
+                    ratios.append(f"{result['rate'] / ref_result['rate']:.2f}x")
+                else:
+                    ratios.append("")
+            lines.append(f"| ({conf.key}) {conf.label} | {column} | {result['rate']:,.0f} | "
+                         f"{result['p50_ms']:.2f} | {result['p99_ms']:.2f} | "
+                         f"{ratios[0]} | {ratios[1]} |")
+    return "\n".join(lines)
+
+
+def price_lookup(size: int = 50_000, count: int = 100_000) -> str:
+    """ns per lookup on a ``size``-prefix card, with ``bench_price_lookup``'s functions."""
+    import random
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_price_lookup import SEED, build_card, destinations, time_ns
+
+    rng = random.Random(SEED)
+    card = build_card(rng, size)
+    dests = destinations(rng, count)
+    plain = {rate.prefix: rate for rate in card.entries}
+    lookup = time_ns(card.lookup, dests) / count
+    flat = time_ns(plain.get, [d[:3] for d in dests]) / count
+    return (f"price lookup, {size:,}-prefix card: {lookup:,.0f} ns/lookup "
+            f"({lookup / flat:.1f}x a plain dict.get)")
+
+
+def wait_for_load(limit: float, max_wait: float, say: Callable[[str], None]) -> None:
+    """Poll the 1-minute load average every 30 s until below ``limit`` (at most ``max_wait``)."""
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] >= limit and time.monotonic() < deadline:
+        say(f"load average {os.getloadavg()[0]:.2f} >= {limit}: waiting")
+        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    """Run every selected configuration one after another; print the table."""
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    if args.wait_load:
+        wait_for_load(args.wait_load, args.wait_load_max, say)
+    load = os.getloadavg()
+    say(f"nproc {os.cpu_count()}, load average at start {load[0]:.2f} {load[1]:.2f} "
+        f"{load[2]:.2f}; {args.messages} SMPP messages per measurement (+{args.warmup} "
+        f"warm-up), windows {args.windows}; HTTP {args.http_messages} with "
+        f"{args.http_clients} clients")
+    say(price_lookup())
+    all_confs = configurations()
+    confs = [all_confs[k] for k in args.configs]
+    started = time.monotonic()
+    try:
+        for conf in confs:
+            say(f"({conf.key}) {conf.label}")
+            measure(conf, args, say)
+    except KeyboardInterrupt:
+        say("interrupted: gateways stopped")
+        return 1
+    columns = [f"smpp w{w}" for w in args.windows] + [f"http c{args.http_clients}"]
+    say("")
+    say(table(confs, columns))
+    end_load = os.getloadavg()
+    say(f"\n{time.monotonic() - started:.0f}s; load average at end {end_load[0]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"load_start": load, "load_end": end_load, "nproc": os.cpu_count(),
+             "results": {c.key: {"label": c.label, **c.results} for c in confs}}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Orchestrator by default; ``client-smpp``/``client-http`` run one measurement."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "stock-jasmind":
+        run_stock_jasmind(argv[1:])
+        return 0
+    if argv and argv[0] in ("client-smpp", "client-http"):
+        parser = argparse.ArgumentParser(prog=f"bench_gateway.py {argv[0]}")
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--width", type=int, required=True,
+                            help="SMPP window or HTTP concurrent clients")
+        parser.add_argument("--count", type=int, required=True)
+        parser.add_argument("--warmup", type=int, default=0)
+        parser.add_argument("--timeout", type=float, default=120.0)
+        parser.add_argument("--prefix", default="447900")
+        a = parser.parse_args(argv[1:])
+        run = run_smpp_client if argv[0] == "client-smpp" else run_http_client
+        result = run(a.port, a.width, a.count, a.warmup, a.timeout, a.prefix)
+        print(json.dumps(result), flush=True)
+        return 0 if "error" not in result else 1
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000,
+                        help="SMPP messages per measurement (at least 2,000 for the record)")
+    parser.add_argument("--warmup", type=int, default=500, help="uncounted messages first")
+    parser.add_argument("--windows", type=int, nargs="+", default=[1, 50])
+    parser.add_argument("--http-messages", type=int, default=2000)
+    parser.add_argument("--http-clients", type=int, default=10)
+    parser.add_argument("--configs", nargs="+", default=["1", "2", "3", "4", "5"],
+                        choices=sorted(configurations()))
+    parser.add_argument("--client-timeout", type=float, default=180.0,
+                        help="seconds allowed to one measurement")
+    parser.add_argument("--drain-timeout", type=float, default=90.0,
+                        help="seconds allowed for delivery to catch up between measurements")
+    parser.add_argument("--wait-load", type=float, default=0.0,
+                        help="first wait until the 1-minute load average is below this")
+    parser.add_argument("--wait-load-max", type=float, default=600.0)
+    parser.add_argument("--json", default=None, help="also write the results there")
+    return orchestrate(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""Prometheus metrics of jasmin-credits, in the text exposition format (version 0.0.4).
+
+A small registry of our own (counters, gauges, one histogram; no new dependency), the
+instruments :class:`CreditMetrics` defines, and the twisted.web resources serving them:
+
+- in our jasmind launcher, :func:`install_metrics` wraps Jasmin's own ``/metrics`` on the
+  HTTP API (1401) so one scrape returns Jasmin's figures followed by ours;
+- the drop-in interceptord serves :class:`MetricsResource` alone on its metrics port.
+
+Metrics (all names start with ``jasmin_credits_``):
+
+==========================================  =========  =====================================
+``charges_total{country}``                  counter    messages accepted and charged (held)
+``credits_charged_total{country}``          counter    credits held for them, in credits
+                                                       (units / 10**decimals), before refunds
+``refusals_total{reason}``                  counter    refused messages (errors.Refusal label)
+``refunds_total{cause}``                    counter    refunds by settlement: ``submit_error``
+                                                       (an error response), ``dlr`` (a receipt)
+``open_reservations``                       gauge      unsettled reservations, read at scrape
+``store_call_seconds``                      histogram  latency of each Lua store operation
+``plan_runs_total{kind}``                   counter    applied plan runs (scheduled, threshold)
+``events_published_total{sink}``            counter    outbox events delivered (amqp, webhook)
+``events_failed_total{sink}``               counter    deliveries given up after retries
+==========================================  =========  =====================================
+
+Counters count what this process did since it started (each gateway exposes its own;
+Prometheus sums them); the gauge reads Redis, so every gateway shows the same figure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+PREFIX = "jasmin_credits_"
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    pairs = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        pairs.append(extra)
+    return "{" + ",".join(pairs) + "}" if pairs else ""
+
+
+class _Metric:
+    kind = "untyped"
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()):
+        self.name = name
+        self.help = help_text
+        self.label_names = tuple(labels)
+
+    def _key(self, labels: Sequence[str]) -> tuple[str, ...]:
+        key = tuple(str(v) for v in labels)
+        if len(key) != len(self.label_names):
+            raise ValueError(f"{self.name} takes labels {self.label_names}, got {key}")
+        return key
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+    def samples(self) -> list[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    """A value that only goes up."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()):
+        super().__init__(name, help_text, labels)
+        self.values: dict[tuple[str, ...], float] = {}
+        if not self.label_names:
+            self.values[()] = 0.0
+
+    def inc(self, *labels: str, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter cannot go down")
+        key = self._key(labels)
+        self.values[key] = self.values.get(key, 0.0) + amount
+
+    def value(self, *labels: str) -> float:
+        return self.values.get(self._key(labels), 0.0)
+
+    def samples(self) -> list[str]:
+        return [f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
+                for k, v in sorted(self.values.items())]
+
+
+class Gauge(Counter):
+    """A value that goes up and down (or is set when scraped)."""
+
+    kind = "gauge"
+
+    def set(self, value: float, *labels: str) -> None:
+        self.values[self._key(labels)] = float(value)
+
+
+class Histogram(_Metric):
+    """Observations counted in cumulative buckets, with their sum and count."""
+
+    kind = "histogram"
+
+    def __init__(self, name: str, help_text: str, buckets: Iterable[float] = DEFAULT_BUCKETS):
+        super().__init__(name, help_text)
+        self.buckets = tuple(sorted(buckets)) + (math.inf,)
+        self.counts = [0] * len(self.buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+                break
+        self.sum += value
+        self.count += 1
+
+    def samples(self) -> list[str]:
+        lines, running = [], 0
+        for bound, n in zip(self.buckets, self.counts, strict=True):
+            running += n
+            le = "+Inf" if bound == math.inf else repr(float(bound))
+            lines.append(f'{self.name}_bucket{{le="{le}"}} {running}')
+        lines.append(f"{self.name}_sum {_number(self.sum)}")
+        lines.append(f"{self.name}_count {self.count}")
+        return lines
+
+
+class Registry:
+    """Metrics by name, rendered in registration order."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, _Metric] = {}
+
+    def _add(self, metric: Any) -> Any:
+        if metric.name in self.metrics:
+            raise ValueError(f"metric {metric.name} is registered twice")
+        self.metrics[metric.name] = metric
+        return metric
+
+    def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
+        return self._add(Counter(name, help_text, labels))
+
+    def gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Gauge:
+        return self._add(Gauge(name, help_text, labels))
+
+    def histogram(self, name: str, help_text: str,
+                  buckets: Iterable[float] = DEFAULT_BUCKETS) -> Histogram:
+        return self._add(Histogram(name, help_text, buckets))
+
+    def render(self) -> str:
+        """Every metric in the Prometheus text format, ending with a newline."""
+        lines: list[str] = []
+        for metric in self.metrics.values():
+            lines += metric.header()
+            lines += metric.samples()
+        return "\n".join(lines) + "\n"
+
+
+class NoMetrics:
+    """The default of every ``metrics`` argument: records nothing."""
+
+    def charged(self, country: str, units: int) -> None:
+        pass
+
+    def refused(self, reason: str) -> None:
+        pass
+
+    def refunded(self, cause: str) -> None:
+        pass
+
+    def plan_run(self, kind: str) -> None:
+        pass
+
+    def event_published(self, sink: str) -> None:
+        pass
+
+    def event_failed(self, sink: str) -> None:
+        pass
+
+    def observe_store_call(self, seconds: float) -> None:
+        pass
+
+
+NO_METRICS = NoMetrics()
+
+
+class CreditMetrics(NoMetrics):
+    """Our instruments. ``decimals`` converts credit units into credits for
+    ``credits_charged_total``. ``open_reservations`` is refreshed by :meth:`refresh` from
+    the store given to :meth:`watch_store`."""
+
+    def __init__(self, decimals: int = 4, registry: Registry | None = None):
+        self.decimals = decimals
+        self.registry = r = registry or Registry()
+        p = PREFIX
+        self.charges = r.counter(p + "charges_total",
+                                 "Messages accepted and charged, by destination country.",
+                                 ("country",))
+        self.credits = r.counter(p + "credits_charged_total",
+                                 "Credits held for accepted messages (in credits), by country.",
+                                 ("country",))
+        self.refusals = r.counter(p + "refusals_total", "Refused messages, by reason.",
+                                  ("reason",))
+        self.refunds = r.counter(p + "refunds_total", "Refunds made by settlement, by cause.",
+                                 ("cause",))
+        self.open = r.gauge(p + "open_reservations",
+                            "Unsettled reservations (all gateways, read at scrape time).")
+        self.store_calls = r.histogram(p + "store_call_seconds",
+                                       "Latency of credit store operations (Lua calls).")
+        self.plan_runs = r.counter(p + "plan_runs_total", "Applied top-up plan runs, by kind.",
+                                   ("kind",))
+        self.published = r.counter(p + "events_published_total",
+                                   "Outbox events delivered, by sink.", ("sink",))
+        self.failed = r.counter(p + "events_failed_total",
+                                "Outbox event deliveries given up, by sink.", ("sink",))
+        self._store: Any = None
+
+    # -- hooks --------------------------------------------------------------------------
+
+    def charged(self, country: str, units: int) -> None:
+        country = country or "unknown"
+        self.charges.inc(country)
+        self.credits.inc(country, amount=units / 10**self.decimals)
+
+    def refused(self, reason: str) -> None:
+        self.refusals.inc(reason)
+
+    def refunded(self, cause: str) -> None:
+        self.refunds.inc(cause)
+
+    def plan_run(self, kind: str) -> None:
+        self.plan_runs.inc(kind)
+
+    def event_published(self, sink: str) -> None:
+        self.published.inc(sink)
+
+    def event_failed(self, sink: str) -> None:
+        self.failed.inc(sink)
+
+    def observe_store_call(self, seconds: float) -> None:
+        self.store_calls.observe(seconds)
+
+    # -- the store ----------------------------------------------------------------------
+
+    def watch_store(self, store: Any, timer: Callable[[], float] = time.perf_counter) -> None:
+        """Time every Lua operation of ``store`` and read its open reservations at scrape.
+
+        Wraps the store instance's ``_run`` (the one path of every script call).
+        """
+        self._store = store
+        run = store._run
+
+        async def timed_run(name: str, keys: list[str], args: list[Any]) -> Any:
+            started = timer()
+            try:
+                return await run(name, keys, args)
+            finally:
+                self.observe_store_call(timer() - started)
+
+        store._run = timed_run
+
+    async def refresh(self) -> None:
+        """Read the figures that live in Redis (open reservations)."""
+        store = self._store
+        if store is None:
+            return
+        total = 0
+        for uid in await store.users_with_open_reservations():
+            total += int(await store._command("ZCARD", store.keys.open(uid)) or 0)
+        self.open.set(total)
+
+    def render(self) -> str:
+        return self.registry.render()
+
+
+class MetricsResource(Resource):
+    """``GET`` answers our metrics, after those of ``inner`` (Jasmin's ``/metrics``) if any.
+
+    Redis-backed figures are refreshed first, bounded by ``timeout`` seconds; if Redis does
+    not answer the last values are served.
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: CreditMetrics, inner: Resource | None = None,
+                 clock: Any = None, timeout: float = 2.0):
+        super().__init__()
+        self.metrics = metrics
+        self.inner = inner
+        self.clock = clock
+        self.timeout = timeout
+
+    def render_GET(self, request: Any) -> Any:  # noqa: N802 - twisted.web API
+        gone: list[Any] = []
+        request.notifyFinish().addBoth(gone.append)
+        refresh: Deferred = Deferred.fromCoroutine(_awaited(self.metrics.refresh()))
+        if self.clock is not None:
+            refresh.addTimeout(self.timeout, self.clock)
+        refresh.addErrback(lambda _: None)
+        refresh.addCallback(lambda _: None if gone else self._write(request))
+        return NOT_DONE_YET
+
+    def _write(self, request: Any) -> None:
+        head = b""
+        if self.inner is not None:
+            try:
+                head = self.inner.render_GET(request)
+                if not isinstance(head, bytes):
+                    head = b""
+            except Exception:  # noqa: BLE001 - ours still served
+                head = b"# jasmin metrics unavailable\n"
+            head = head.rstrip(b"\n") + b"\n" if head.strip() else b""
+        request.setResponseCode(200)
+        request.responseHeaders.setRawHeaders(b"content-type", [CONTENT_TYPE])
+        request.write(head + self.metrics.render().encode("utf-8"))
+        request.finish()
+
+
+async def _awaited(result: Awaitable[None]) -> None:
+    await result
+
+
+def install_metrics(http_api: Any, metrics: CreditMetrics, clock: Any = None) -> Resource:
+    """Serve Jasmin's ``/metrics`` followed by ours on Jasmin's HTTP API (Site or resource)."""
+    api = getattr(http_api, "resource", http_api)
+    inner = getattr(api, "children", {}).get(b"metrics")
+    resource = MetricsResource(metrics, inner, clock)
+    api.putChild(b"metrics", resource)
+    return resource
+
+
+__all__ = [
+    "NO_METRICS", "CreditMetrics", "Counter", "Gauge", "Histogram", "MetricsResource",
+    "NoMetrics", "Registry", "install_metrics",
+]

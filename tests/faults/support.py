@@ -1,0 +1,278 @@
+"""Fault tests: a credits gateway, background SMPP load, and the end-of-test books check.
+
+The load sends every message to a destination of its own, so the SMSC simulator's record,
+the client's answer and the credit log entry (field ``dest``) of one message can be matched
+without any message id: a client left without an answer (its connection dropped) is still
+accounted for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jasmin_credits.localgateway import REPO_ROOT, LocalGateway, wait_until
+from jasmin_credits.ratecard import load_card
+from tests.e2e.credits_support import Books, provision_with_routes
+from tests.smpp_client import SmppTestClient
+
+CONFIG = REPO_ROOT / "config" / "credits.yaml"
+WORLD = load_card(REPO_ROOT / "config" / "cards" / "world.yaml", 4)
+ESME_ROK = 0
+ESME_RMSGQFUL = 0x14
+FUNDS = 100_000_000  # 125,000 French messages: the load never runs out
+
+_numbers = itertools.count(1)
+
+
+def price(destination: str) -> int:
+    """Unit price of one part to ``destination`` on the world card."""
+    rate = WORLD.lookup(destination)
+    assert rate is not None, destination
+    return rate.unit_price
+
+
+def settlement(**values: Any) -> dict[str, Any]:
+    """Short settlement timeouts for tests (``values`` override them)."""
+    return {"settlement": {"unqueued_timeout": 3, "unanswered_timeout": 60,
+                           "sweep_interval": 0.5, **values}}
+
+
+@contextlib.contextmanager
+def credits_gateway(name: str, overrides: Mapping[str, Any] | None = None,
+                    connector: tuple[str, ...] = (), funds: int | None = FUNDS,
+                    **kwargs: Any) -> Iterator[LocalGateway]:
+    """A started gateway charging in process, alice funded, routes for everything; every
+    process stopped and the run directory removed afterwards, even on failure.
+
+    ``connector`` adds ``smppccm`` settings (e.g. ``"pdu_red_to 3"``) before it starts.
+    """
+    rundir = Path(tempfile.mkdtemp(prefix=f"jc-faults-{name}-"))
+    gateway = LocalGateway(rundir, CONFIG, provision=False,
+                           credits_overrides=overrides or settlement(), **kwargs)
+    try:
+        gateway.start()
+        if connector:
+            _provision(gateway, connector)
+        else:
+            provision_with_routes(gateway)
+        if funds is not None:
+            Books(gateway).top_up("alice", funds)
+        yield gateway
+    finally:
+        gateway.stop()
+        if not os.environ.get("JC_FAULTS_KEEP"):  # keep logs for a post-mortem
+            shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _provision(gateway: LocalGateway, connector: tuple[str, ...]) -> None:
+    with gateway.jcli() as jcli:
+        gateway.add_group(jcli)
+        gateway.add_user(jcli)
+        gateway.add_smsc_connector(jcli, extra=connector)
+        gateway.add_default_route(jcli)
+        gateway.add_default_interceptor(jcli)
+    gateway.wait_connector_bound("smsc")
+
+
+@dataclass
+class Sent:
+    """One message of the load: its destination and what the client was told."""
+
+    destination: str
+    status: int | None = None
+    """The submit_sm_resp status, or None: no answer (connection lost)."""
+    msgid: str | None = None
+
+
+@dataclass
+class LoadResult:
+    sent: list[Sent] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    reconnects: int = 0
+
+    def statuses(self) -> Counter:
+        return Counter(s.status for s in self.sent)
+
+    def told(self, status: int | None) -> list[Sent]:
+        return [s for s in self.sent if s.status == status]
+
+
+class Load(threading.Thread):
+    """SMPP load in a background thread until :meth:`finish`: windows of ``window``
+    submit_sm, each to a new destination ``<prefix><8 digits>``; reconnects when the gateway
+    drops the connection (messages then in flight are recorded with no answer)."""
+
+    def __init__(self, gateway: LocalGateway, prefix: str = "336", window: int = 10,
+                 pause: float = 0.01, limit: int = 4000, system_id: str = "alice",
+                 password: str = "alicepwd", port: int | None = None) -> None:
+        super().__init__(daemon=True)
+        self.gateway, self.prefix, self.window, self.pause = gateway, prefix, window, pause
+        self.limit, self.system_id, self.password = limit, system_id, password
+        self.port = port or gateway.smpp_port
+        self.result = LoadResult()
+        self._halt = threading.Event()
+        self._sent_count = threading.Semaphore(0)
+
+    def destination(self) -> str:
+        return f"{self.prefix}{next(_numbers):08d}"
+
+    def run(self) -> None:
+        client = None
+        while not self._halt.is_set() and len(self.result.sent) < self.limit:
+            try:
+                if client is None:
+                    client = SmppTestClient(self.port, self.system_id, self.password,
+                                            timeout=5)
+                self._window(client)
+            except Exception as error:  # noqa: BLE001 - the fault under test
+                self.result.errors.append(f"{type(error).__name__}: {error}"[:200])
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.client.disconnect()
+                    client = None
+                    self.result.reconnects += 1
+                self._halt.wait(0.2)  # pacing between reconnection attempts
+            else:
+                self._halt.wait(self.pause)  # pacing of the load
+        if client is not None:
+            client.close()
+
+    def _window(self, client: SmppTestClient) -> None:
+        pending: dict[int, Sent] = {}
+        try:
+            for _ in range(self.window):
+                sent = Sent(self.destination())
+                self.result.sent.append(sent)
+                pending[client.submit(sent.destination, b"hello")] = sent
+            client.pump(lambda: all(client.response_for(s) is not None for s in pending),
+                        timeout=30)
+        finally:
+            for seq, sent in pending.items():
+                response = client.response_for(seq)
+                if response is not None:
+                    sent.status = int(response.status)
+                    msgid = response.message_id
+                    sent.msgid = msgid.decode() if isinstance(msgid, bytes) else msgid
+            client.responses.clear()
+            for _ in pending:
+                self._sent_count.release()
+
+    def wait_sent(self, count: int, timeout: float = 60.0) -> None:
+        """Block until ``count`` more messages got their answer (or were given up)."""
+        for _ in range(count):
+            if not self._sent_count.acquire(timeout=timeout):
+                raise AssertionError(f"load stalled: {self.result.statuses()} "
+                                     f"{self.result.errors[-3:]}")
+
+    def finish(self, timeout: float = 60.0) -> LoadResult:
+        self._halt.set()
+        self.join(timeout)
+        assert not self.is_alive(), "load thread did not stop"
+        return self.result
+
+
+@dataclass
+class Ledger:
+    """The books of one test, matched per destination."""
+
+    charged: dict[str, int]
+    """destination -> net amount charged (positive)."""
+    charge_entries: Counter
+    """destination -> number of charge entries."""
+    charge_msgids: dict[str, str]
+    smsc_ok: set[str]
+    smsc_any: set[str]
+
+
+def wait_settled(books: Books, timeout: float = 120.0) -> None:
+    """Wait until no reservation is open (the consumer and the sweeper did their work)."""
+    def settled() -> bool:
+        wallet = books.wallet("alice")
+        return (wallet.reserved == 0
+                and not books.run(books.store.users_with_open_reservations()))
+
+    try:
+        wait_until(settled, timeout, interval=0.2, message="every reservation settled")
+    except TimeoutError:
+        wallet = books.wallet("alice")
+        open_refs = books.run(books.store.open_reservations("alice", 2**62))
+        raise AssertionError(f"not settled: reserved {wallet.reserved}, "
+                             f"{len(open_refs)} open reservations") from None
+
+
+def ledger(gateway: LocalGateway | list[LocalGateway], books: Books) -> Ledger:
+    """Read the credit log and the simulators' records."""
+    charged: dict[str, int] = {}
+    entries: Counter = Counter()
+    msgids: dict[str, str] = {}
+    for entry in books.log("alice"):
+        dest = entry.fields.get("dest", "")
+        if entry.type in ("charge", "refund") and dest:
+            charged[dest] = charged.get(dest, 0) - entry.int_field("amount")
+        if entry.type == "charge":
+            entries[dest] += 1
+            msgids[dest] = entry.fields.get("msgid", "")
+    gateways = gateway if isinstance(gateway, list) else [gateway]
+    rows = [row for gw in gateways for row in gw.smsc_received()]
+    return Ledger(charged, entries, msgids,
+                  {r["destination_addr"] for r in rows if r["status"] == "ESME_ROK"},
+                  {r["destination_addr"] for r in rows})
+
+
+def check_books(gateway: LocalGateway | list[LocalGateway], books: Books, result: LoadResult, start: int,
+                *, told_ok_all_sent: bool = True) -> Ledger:
+    """The books after a fault: every message the SMSC accepted is charged exactly once
+    (its price, under the message id the client was told), nothing else is charged, no
+    reservation is open, and the credit log sums to the balance.
+
+    ``told_ok_all_sent``: every message the client was told ESME_ROK reached the SMSC
+    (false where the fault can lose queued messages).
+    """
+    wait_settled(books)
+    books_now = ledger(gateway, books)
+    ours = {s.destination for s in result.sent}
+    for sent in result.sent:
+        dest = sent.destination
+        if dest in books_now.smsc_ok:
+            assert books_now.charged.get(dest) == price(dest), (dest, sent, books_now.charged.get(dest))
+            assert books_now.charge_entries[dest] == 1, (dest, books_now.charge_entries[dest])
+            if sent.status == ESME_ROK:
+                assert books_now.charge_msgids[dest] == sent.msgid, sent
+        else:
+            assert books_now.charged.get(dest, 0) == 0, (dest, sent)
+        if sent.status not in (ESME_ROK, None):
+            # Refused: never reached the SMSC and never charged.
+            assert dest not in books_now.smsc_any, sent
+        if sent.status == ESME_ROK and told_ok_all_sent:
+            assert dest in books_now.smsc_any, sent
+    assert set(books_now.charged) <= ours
+    wallet = books.wallet("alice")
+    assert wallet.reserved == 0
+    total = sum(books_now.charged.values())
+    assert wallet.balance == start - total, (wallet.balance, start, total)
+    books.assert_log_sums("alice")
+    return books_now
+
+
+def summary(result: LoadResult, books_now: Ledger) -> dict[str, int]:
+    """Counts for the report (printed by the tests; see docs/reliability.md)."""
+    ours = [s.destination for s in result.sent]
+    return {
+        "sent": len(result.sent),
+        "told_ok": len(result.told(ESME_ROK)),
+        "told_error": sum(1 for s in result.sent if s.status not in (ESME_ROK, None)),
+        "no_answer": len(result.told(None)),
+        "smsc_ok": sum(1 for d in ours if d in books_now.smsc_ok),
+        "charged": sum(1 for d in ours if books_now.charged.get(d)),
+        "reconnects": result.reconnects,
+    }

@@ -1,0 +1,52 @@
+"""Two gateways (two launchers) on one Redis, loading one wallet at the same time."""
+
+from __future__ import annotations
+
+import contextlib
+
+from tests.e2e.credits_support import Books
+from tests.faults.support import (
+    ESME_ROK,
+    Load,
+    LoadResult,
+    check_books,
+    credits_gateway,
+    price,
+)
+
+ESME_RX_P_APPN = 0x65
+AFFORDABLE = 300  # French messages the wallet can pay for
+OVERDRAFT = 2_000
+
+
+def test_two_launchers_sharing_redis_never_overspend():
+    """Concurrent load through two gateways on one wallet: no overspend, books exact."""
+    unit = price("336")
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(credits_gateway("shared-a", funds=None))
+        second = stack.enter_context(credits_gateway(
+            "shared-b", funds=None, external_redis_port=first.redis_port))
+        books = Books(first)
+        start = books.top_up("alice", AFFORDABLE * unit - books.wallet("alice").balance)
+        books.configure("alice", overdraft=OVERDRAFT)
+        loads = [Load(first, prefix="336", limit=600), Load(second, prefix="337", limit=600)]
+        for load in loads:
+            load.start()
+        try:
+            for load in loads:
+                load.wait_sent(400, timeout=120)
+        finally:
+            results = [load.finish() for load in loads]
+        merged = LoadResult(sent=[s for r in results for s in r.sent])
+        books_now = check_books([first, second], books, merged, start)
+        wallet = books.wallet("alice")
+        charged = sum(books_now.charged.values())
+        counts = {f"gateway_{i}_ok": len(r.told(ESME_ROK)) for i, r in enumerate(results)}
+        counts.update(refused=len(merged.told(ESME_RX_P_APPN)), charged_messages=sum(
+            1 for v in books_now.charged.values() if v), final_balance=wallet.balance)
+        print("shared redis:", counts)
+        assert wallet.balance >= -OVERDRAFT
+        assert charged == start - wallet.balance
+        assert set(merged.statuses()) <= {ESME_ROK, ESME_RX_P_APPN}, merged.statuses()
+        assert all(r.told(ESME_ROK) for r in results)  # both gateways charged the wallet
+        assert len(merged.told(ESME_ROK)) == (AFFORDABLE * unit + OVERDRAFT) // unit
