@@ -67,8 +67,11 @@ async def throughput(store: CreditStore, pairs: int, concurrency: int) -> float:
 
 
 async def latency(store: CreditStore, rate: int, seconds: float) -> list[float]:
+    """Start pairs at ``rate`` per second (catching up on late ticks) for ``seconds``."""
     samples: list[float] = []
     pending: list[defer.Deferred] = []
+    total = int(rate * seconds)
+    begin = time.perf_counter()
 
     def one():
         started = time.perf_counter()
@@ -76,14 +79,15 @@ async def latency(store: CreditStore, rate: int, seconds: float) -> list[float]:
         d.addCallback(lambda _: samples.append(time.perf_counter() - started))
         pending.append(d)
 
-    loop = task.LoopingCall(one)
-    # LoopingCall at 1 ms granularity: run `rate / 1000` pairs per tick
-    per_tick = max(1, rate // 1000)
-    loop.f = lambda: [one() for _ in range(per_tick)]
-    done = loop.start(per_tick / rate)
-    await task.deferLater(reactor, seconds, lambda: None)
-    loop.stop()
-    await done
+    def tick():
+        due = min(total, int((time.perf_counter() - begin) * rate) + 1)
+        while len(pending) < due:
+            one()
+        if len(pending) >= total:
+            loop.stop()
+
+    loop = task.LoopingCall(tick)
+    await loop.start(0.001)
     await defer.gatherResults(pending)
     return samples
 

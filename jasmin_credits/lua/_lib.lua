@@ -33,22 +33,28 @@ local function emit(sink, fields)
 end
 
 -- Low-balance alert: one event per downward crossing of the threshold; any change that
--- brings the available credit back to the threshold or above re-arms it.
-local function check_low(wallet, sink, now)
-  local w = redis.call('HMGET', wallet, 'balance', 'reserved', 'low_balance', 'low_armed')
-  if not w[3] or w[3] == '' then
+-- brings the available credit back to the threshold or above re-arms it. The caller
+-- passes what it already read or computed, so this costs no read.
+local function low_after(wallet, sink, now, balance, reserved, threshold, armed)
+  if not threshold or threshold == '' then
     return
   end
-  local available = int(w[1]) - int(w[2])
-  if available < int(w[3]) then
-    if w[4] ~= '0' then
+  local available = balance - reserved
+  if available < int(threshold) then
+    if armed ~= '0' then
       redis.call('HSET', wallet, 'low_armed', '0')
-      emit(sink, {'ts', now, 'type', 'low_balance', 'balance', w[1],
-        'available', s(available), 'threshold', w[3]})
+      emit(sink, {'ts', now, 'type', 'low_balance', 'balance', s(balance),
+        'available', s(available), 'threshold', threshold})
     end
-  elseif w[4] == '0' then
+  elseif armed == '0' then
     redis.call('HSET', wallet, 'low_armed', '1')
   end
+end
+
+-- The same, reading the wallet first (for operations that did not read it).
+local function check_low(wallet, sink, now)
+  local w = redis.call('HMGET', wallet, 'balance', 'reserved', 'low_balance', 'low_armed')
+  low_after(wallet, sink, now, int(w[1]), int(w[2]), w[3], w[4])
 end
 
 -- Add delta to a usage field if the period's key still exists: a late refund must not

@@ -45,25 +45,24 @@ if concat then
   end
 end
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return reply(8)
-end
-
 local unit, parts, msgs = int(ARGV[3]), int(ARGV[4]), int(ARGV[5])
 local amount = unit * parts
 local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'overdraft',
   'lim:credits:day', 'lim:credits:week', 'lim:credits:month',
-  'lim:msgs:day', 'lim:msgs:week', 'lim:msgs:month')
-if amount > 0 and int(w[1]) - int(w[2]) + int(w[3]) < amount then
+  'lim:msgs:day', 'lim:msgs:week', 'lim:msgs:month', 'low_balance', 'low_armed')
+if not w[1] then
+  return reply(8)  -- every wallet has a balance field: no wallet
+end
+local balance, reserved, overdraft = int(w[1]), int(w[2]), int(w[3])
+if amount > 0 and balance - reserved + overdraft < amount then
   return reply(1)
 end
 
-local function limit_reached(code, period_key, expiry, limit)
+local function limit_reached(code, period_key, ttl, limit)
   -- One event per period and limit: the flag lives in the period's usage key.
   if redis.call('HSETNX', period_key, 'ev:' .. code, now) == 1 then
-    redis.call('PEXPIRE', period_key, expiry)
-    emit(sink, {'ts', now, 'type', 'limit_reached', 'code', s(code),
-      'limit', limit})
+    redis.call('PEXPIRE', period_key, ttl)
+    emit(sink, {'ts', now, 'type', 'limit_reached', 'code', s(code), 'limit', limit})
   end
   return reply(code)
 end
@@ -81,11 +80,13 @@ for i = 1, 3 do
   end
 end
 
-redis.call('HINCRBY', KEYS[1], 'reserved', s(amount))
+reserved = redis.call('HINCRBY', KEYS[1], 'reserved', s(amount))
 for i = 1, 3 do
   redis.call('HINCRBY', KEYS[2 + i], 'credits', s(amount))
-  redis.call('HINCRBY', KEYS[2 + i], 'msgs', s(msgs))
-  redis.call('PEXPIRE', KEYS[2 + i], ARGV[6 + i])
+  -- The first message of a period creates its key: give it its time to live then.
+  if redis.call('HINCRBY', KEYS[2 + i], 'msgs', s(msgs)) == msgs then
+    redis.call('PEXPIRE', KEYS[2 + i], ARGV[6 + i])
+  end
 end
 redis.call('HSET', KEYS[2], 'uid', uid, 'unit', s(unit), 'parts', s(parts),
   'amount', s(amount), 'msgs', s(msgs), 'unlinked', s(parts), 'queued', '0',
@@ -100,5 +101,5 @@ end
 redis.call('PEXPIRE', KEYS[2], ARGV[10])
 redis.call('ZADD', KEYS[7], now, ref)
 redis.call('SADD', KEYS[8], uid)
-check_low(KEYS[1], sink, now)
-return reply(0)
+low_after(KEYS[1], sink, now, balance, reserved, w[10], w[11])
+return {0, ref, amount, balance, reserved, overdraft}

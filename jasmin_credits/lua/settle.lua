@@ -19,14 +19,17 @@
 -- status 0 ok, 30 unknown reservation, 31 the wallet was removed.
 local uid, ref, action, msgid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
 local sink = {events = KEYS[7], outbox = KEYS[11], retention = ARGV[10], uid = uid}
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  return {30, 0, 0, 0, 0}
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return {31, 0, 0, 0, 0}
-end
 local r = redis.call('HMGET', KEYS[2], 'unit', 'unlinked', 'queued', 'committed', 'refunded',
   'msgs', 'parts', 'country', 'dest')
+if not r[1] then
+  return {30, 0, 0, 0, 0}
+end
+local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'low_balance', 'low_armed')
+if not w[1] then
+  return {31, 0, 0, 0, 0}
+end
+-- The wallet as this call leaves it; every HINCRBY below returns the new value.
+local balance, reserved = int(w[1]), int(w[2])
 local unit = int(r[1])
 local counts = {unlinked = int(r[2]), queued = int(r[3]), committed = int(r[4]),
   refunded = int(r[5])}
@@ -34,8 +37,7 @@ local total_parts = int(r[7])
 local changed = 0
 
 local function ledger(kind, amount, id, parts, reason)
-  local balance = redis.call('HGET', KEYS[1], 'balance') or '0'
-  xadd(KEYS[6], ARGV[9], {'ts', now, 'type', kind, 'amount', s(amount), 'balance', balance,
+  xadd(KEYS[6], ARGV[9], {'ts', now, 'type', kind, 'amount', s(amount), 'balance', s(balance),
     'ref', ref, 'msgid', id, 'country', r[8] or '', 'dest', r[9] or '', 'parts', s(parts),
     'actor', ARGV[7], 'reason', reason})
 end
@@ -50,8 +52,8 @@ local function charge(from, parts, id)
   local amount = parts * unit
   counts[from] = counts[from] - parts
   counts.committed = counts.committed + parts
-  redis.call('HINCRBY', KEYS[1], 'reserved', s(-amount))
-  redis.call('HINCRBY', KEYS[1], 'balance', s(-amount))
+  reserved = redis.call('HINCRBY', KEYS[1], 'reserved', s(-amount))
+  balance = redis.call('HINCRBY', KEYS[1], 'balance', s(-amount))
   changed = changed - amount
   ledger('charge', -amount, id, parts, '')
 end
@@ -62,11 +64,11 @@ local function give_back(from, parts, id, reason)
   counts[from] = counts[from] - parts
   counts.refunded = counts.refunded + parts
   if from == 'committed' then
-    redis.call('HINCRBY', KEYS[1], 'balance', s(amount))
+    balance = redis.call('HINCRBY', KEYS[1], 'balance', s(amount))
     changed = changed + amount
     ledger('refund', amount, id, parts, reason)
   else
-    redis.call('HINCRBY', KEYS[1], 'reserved', s(-amount))
+    reserved = redis.call('HINCRBY', KEYS[1], 'reserved', s(-amount))
   end
   for i = 3, 5 do
     unuse(KEYS[i], 'credits', -amount)
@@ -110,14 +112,14 @@ end
 
 if action == 'link' then
   if redis.call('HEXISTS', KEYS[2], 'm:' .. msgid) == 1 then
-    return {0, 0, 0, 0, counts.unlinked + counts.queued}
+    return {0, 0, balance, reserved, counts.unlinked + counts.queued}
   end
   local parts = int(ARGV[5])
   local late = parts - math.min(parts, counts.unlinked)
   if late > 0 then
     -- Queued after its hold was released (queueing slower than the release timeout, or
     -- more parts than the client announced): hold again, so what left is still charged.
-    redis.call('HINCRBY', KEYS[1], 'reserved', s(late * unit))
+    reserved = redis.call('HINCRBY', KEYS[1], 'reserved', s(late * unit))
     for i = 3, 5 do
       unuse(KEYS[i], 'credits', late * unit)
     end
@@ -172,11 +174,9 @@ end
 redis.call('HSET', KEYS[2], 'unlinked', s(counts.unlinked), 'queued', s(counts.queued),
   'committed', s(counts.committed), 'refunded', s(counts.refunded))
 if counts.unlinked + counts.queued == 0 then
-  redis.call('ZREM', KEYS[8], ref)
-  if redis.call('ZCARD', KEYS[8]) == 0 then
+  if redis.call('ZREM', KEYS[8], ref) == 1 and redis.call('ZCARD', KEYS[8]) == 0 then
     redis.call('SREM', KEYS[9], uid)
   end
 end
-check_low(KEYS[1], sink, now)
-local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved')
-return {0, changed, int(w[1]), int(w[2]), counts.unlinked + counts.queued}
+low_after(KEYS[1], sink, now, balance, reserved, w[3], w[4])
+return {0, changed, balance, reserved, counts.unlinked + counts.queued}
