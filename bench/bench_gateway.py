@@ -10,7 +10,12 @@ measured, and stopped:
 2. ``stock+interceptord``: stock ``jasmind.py`` + stock ``interceptord.py``, no-op script;
 3. ``in-process``: our launcher charging in process (DefaultInterceptor, pass-through);
 4. ``drop-in``: stock ``jasmind.py`` + our ``jasmin-credits-interceptord`` charging;
-5. ``pre-routing``: our launcher, ``charging.mode: pre-routing`` (no MT interceptor at all).
+5. ``pre-routing``: our launcher, ``charging.mode: pre-routing`` (no MT interceptor at all);
+6. as 5 with ``settlement.enabled: false``: what jasmind would reach if settlement ran in
+   another process (not a complete deployment by itself);
+0. our launcher without credits: stock jasmind plus the 0.11.1
+   submit_sm_resp correction, which makes jasmind publish the response events (and feed
+   the DLR daemons) that stock 0.11.1 never gets to: the fair baseline for (3) and (5).
 
 Measurements, each in a fresh client process (``client-smpp`` / ``client-http`` sub-commands
 of this script) after a warm-up that is not counted:
@@ -18,7 +23,7 @@ of this script) after a warm-up that is not counted:
 - SMPP: a raw Twisted SMPP client (TCP_NODELAY) bound as alice keeps ``window`` submit_sm
   outstanding; submit_sm per second (measured messages / time from the first send to the
   last response) and submit_sm_resp latency p50/p99;
-- HTTP ``/send`` (configurations 1, 3 and 5): ``--http-clients`` concurrent keep-alive
+- HTTP ``/send`` (configurations 0, 1, 3, 5, 6): ``--http-clients`` concurrent keep-alive
   clients; messages per second and latency p50/p99.
 
 Between measurements the script waits (bounded) until the SMSC received every accepted
@@ -94,7 +99,8 @@ def summarize(count: int, elapsed: float, latencies: list[float], statuses: dict
     return {"count": count, "seconds": elapsed, "rate": count / elapsed if elapsed else 0.0,
             "p50_ms": percentile(latencies, 50) * 1000,
             "p99_ms": percentile(latencies, 99) * 1000,
-            "statuses": {str(k): v for k, v in statuses.items()}}
+            "statuses": {str(k): v for k, v in statuses.items()},
+            "client_cpu_s": round(time.process_time(), 2)}
 
 
 def run_smpp_client(port: int, window: int, count: int, warmup: int, timeout: float,
@@ -311,6 +317,8 @@ def configurations() -> dict[str, Configuration]:
     stock = {"stock_jasmind": True,
              "launcher_argv": [sys.executable, str(Path(__file__).resolve()), "stock-jasmind"]}
     return {
+        "0": Configuration("0", "launcher without credits (stock + 0.11.1 fix), no interceptor",
+                           {"interceptord": False}, False, False, True),
         "1": Configuration("1", "stock jasmind, no interceptor",
                            {**stock, "interceptord": False}, False, False, True),
         "2": Configuration("2", "stock jasmind + stock interceptord, no-op script",
@@ -324,6 +332,11 @@ def configurations() -> dict[str, Configuration]:
         "5": Configuration("5", "launcher, pre-routing charging (no interceptor)",
                            {"credits_config": config,
                             "credits_overrides": {"charging": {"mode": "pre-routing"}}},
+                           False, True, True),
+        "6": Configuration("6", "as (5), settlement off in jasmind (ceiling if settled elsewhere)",
+                           {"credits_config": config,
+                            "credits_overrides": {"charging": {"mode": "pre-routing"},
+                                                  "settlement": {"enabled": False}}},
                            False, True, True),
     }
 
@@ -377,6 +390,59 @@ def run_client(args: argparse.Namespace, kind: str, port: int, width: int, count
         return {"error": f"client failed: {out.stderr.strip()[-500:]}"}
 
 
+def _label(pid: int, comm: str) -> str | None:
+    """The gateway component a process belongs to, from its command line."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    for needle, label in (("client-", "client"), ("jasmind", "jasmind"),
+                          ("launcher", "jasmind"), ("interceptord", "interceptord"),
+                          ("smsc_simulator", "smsc"), ("dlrlookupd", "dlr daemons"),
+                          ("dlrd", "dlr daemons"), ("redis-server", "redis"),
+                          ("beam", "rabbitmq")):
+        if needle in cmdline or needle in comm:
+            return label
+    return None
+
+
+def cpu_snapshot() -> dict[int, tuple[str, int]]:
+    """CPU ticks (user + system) of every descendant of this process, with its label."""
+    procs: dict[int, tuple[int, str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        close = data.rindex(")")
+        fields = data[close + 2:].split()
+        procs[int(entry)] = (int(fields[1]), data[data.index("(") + 1:close],
+                             int(fields[11]) + int(fields[12]))
+    mine, frontier = {}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, comm, ticks) in procs.items():
+            if ppid == parent and pid not in mine:
+                label = _label(pid, comm)
+                mine[pid] = (label, ticks)
+                frontier.append(pid)
+    return {pid: (label, ticks) for pid, (label, ticks) in mine.items() if label}
+
+
+def cpu_per_message(before: dict, after: dict, messages: int) -> dict[str, float]:
+    """Microseconds of CPU per message, by component, between two snapshots."""
+    tick = 1e6 / os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid, (label, ticks) in after.items():
+        if pid in before:
+            used[label] = used.get(label, 0.0) + (ticks - before[pid][1]) * tick
+    return {label: round(us / messages) for label, us in sorted(used.items()) if messages}
+
+
 def accepted(result: dict) -> int:
     """Messages a measurement got accepted (SMPP status 0 / HTTP 200)."""
     statuses = result.get("statuses", {})
@@ -407,8 +473,11 @@ def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], 
         for n, (name, kind, port, width) in enumerate(plan):
             count = args.http_messages if kind == "client-http" else args.messages
             before = books.wallet("alice") if books else None
+            cpu_before = cpu_snapshot()
             result = run_client(args, kind, port, width, count, args.warmup,
                                 prefix=f"447{conf.key}{n}")
+            result["cpu_us_per_msg"] = cpu_per_message(cpu_before, cpu_snapshot(),
+                                                       count + args.warmup)
             conf.results[name] = result
             sent += accepted(result) + (args.warmup if "error" not in result else 0)
             if books is not None and "error" not in result:
@@ -432,25 +501,29 @@ def describe(result: dict) -> str:
     if "error" in result:
         return f"ERROR {result['error']}"
     extra = f", held for {result['held_messages']}" if "held_messages" in result else ""
+    cpu = ", ".join(f"{k} {v}" for k, v in result.get("cpu_us_per_msg", {}).items())
     return (f"{result['rate']:,.0f}/s, p50 {result['p50_ms']:.2f} ms, p99 "
-            f"{result['p99_ms']:.2f} ms, statuses {result['statuses']}{extra}")
+            f"{result['p99_ms']:.2f} ms, statuses {result['statuses']}{extra}; "
+            f"CPU us/msg (incl. delivery so far): {cpu}")
 
 
 def table(confs: list[Configuration], columns: list[str]) -> str:
-    """The Markdown table of rates, latencies and ratios against (1) and (2)."""
+    """The Markdown table of rates, latencies, ratios against (1), (2) and (0), and jasmind's
+    CPU per message (warm-up included, and whatever delivery ran meanwhile)."""
     by_key = {c.key: c for c in confs}
-    lines = ["| configuration | measurement | msg/s | p50 ms | p99 ms | vs (1) | vs (2) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| configuration | measurement | msg/s | p50 ms | p99 ms | vs (1) | vs (2) | vs (0) |"
+             " jasmind CPU us/msg |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for conf in confs:
         for column in columns:
             result = conf.results.get(column)
             if result is None:
                 continue
             if "error" in result:
-                lines.append(f"| ({conf.key}) {conf.label} | {column} | error | | | | |")
+                lines.append(f"| ({conf.key}) {conf.label} | {column} | error | | | | | | |")
                 continue
             ratios = []
-            for base in ("1", "2"):
+            for base in ("1", "2", "0"):
                 ref = by_key.get(base)
                 ref_result = ref.results.get(column) if ref else None
                 if ref_result and "rate" in ref_result and ref_result["rate"]:
@@ -459,7 +532,8 @@ def table(confs: list[Configuration], columns: list[str]) -> str:
                     ratios.append("")
             lines.append(f"| ({conf.key}) {conf.label} | {column} | {result['rate']:,.0f} | "
                          f"{result['p50_ms']:.2f} | {result['p99_ms']:.2f} | "
-                         f"{ratios[0]} | {ratios[1]} |")
+                         f"{ratios[0]} | {ratios[1]} | {ratios[2]} | "
+                         f"{result.get('cpu_us_per_msg', {}).get('jasmind', '')} |")
     return "\n".join(lines)
 
 
@@ -554,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--http-messages", type=int, default=2000)
     parser.add_argument("--http-clients", type=int, default=10)
-    parser.add_argument("--configs", nargs="+", default=["1", "2", "3", "4", "5"],
+    parser.add_argument("--configs", nargs="+", default=["1", "2", "0", "3", "4", "5", "6"],
                         choices=sorted(configurations()))
     parser.add_argument("--client-timeout", type=float, default=180.0,
                         help="seconds allowed to one measurement")

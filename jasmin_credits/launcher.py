@@ -129,10 +129,14 @@ class CreditsJasminDaemon(JasminDaemon):
         return super().stopInterceptorPBClient()
 
     def startRouterPBService(self) -> Any:  # noqa: N802 - jasmind API
-        """jasmind's router, then ``runtime.install_router(router_pb)`` if it has one."""
+        """jasmind's router, then ``runtime.install_router(router_pb)`` if it has one.
+
+        Not in ``pre-routing`` mode: the prehook charges messages no interceptor matches,
+        and a fallback interceptor would only add a script run per message.
+        """
         result = super().startRouterPBService()
         install = getattr(self.runtime, "install_router", None)
-        if install is not None:
+        if install is not None and not self._pre_routing():
             install(self.components["router-pb-factory"])
         return result
 
