@@ -69,6 +69,7 @@ class Status:
 @dataclass(frozen=True)
 class SettlementConfig:
     enabled: bool = True
+    process: str = "gateway"
     queue_prefix: str = "jasmin_credits"
     unqueued_timeout: float = 600.0
     unanswered_timeout: float = 86_400.0
@@ -385,6 +386,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         raise s.error("dlr_refund", "must be a list of DLR stats such as [UNDELIV, REJECTD]")
     settlement = SettlementConfig(
         enabled=s.boolean("enabled", True),
+        process=s.string("process", "gateway", ("gateway", "separate")),
         queue_prefix=s.string("queue_prefix", "jasmin_credits"),
         unqueued_timeout=s.seconds("unqueued_timeout", 600.0),
         unanswered_timeout=s.seconds("unanswered_timeout", 86_400.0),

@@ -311,6 +311,10 @@ class LocalGateway:
         if self.credits_config is not None and not self.stock_jasmind:
             argv += ["--credits-config", str(self.credits_config)]
         self._spawn("jasmind", argv)
+        if self.separate_settlement:
+            self._spawn("settled", [sys.executable, "-m", "jasmin_credits.settled",
+                                    "--credits-config", str(self.credits_config),
+                                    "--lock-file", str(self.rundir / "settled")])
         if self.dlr_daemons:
             self._spawn_dlr_daemon("dlrlookupd")
         for name in ("jcli", "http", "smpp"):
@@ -397,7 +401,7 @@ class LocalGateway:
 
     def stop(self) -> None:
         """Stop everything in reverse order; remove lock files left by killed daemons."""
-        for name in ("jasmind", "dlrd", "dlrlookupd", "interceptord", "smsc"):
+        for name in ("jasmind", "settled", "dlrd", "dlrlookupd", "interceptord", "smsc"):
             child = self.children.pop(name, None)
             if child is not None and child.stop():
                 self._remove_locks(name)
@@ -414,6 +418,7 @@ class LocalGateway:
             "dlrd": Path(f"/tmp/dlrd-{self.instance}"),
             "dlrlookupd": Path(f"/tmp/dlrlookupd-{self.instance}"),
             "interceptord": Path("/tmp/interceptord"),
+            "settled": self.rundir / "settled",
         }.get(name)
         if base is None:
             return
@@ -465,6 +470,12 @@ class LocalGateway:
             lines.append("")
         self.config_path.write_text("\n".join(lines))
         return self.config_path
+
+    @property
+    def separate_settlement(self) -> bool:
+        """Whether the credits config runs settlement in ``jasmin-credits-settled``."""
+        settlement = self.credits_overrides.get("settlement") or {}
+        return self.credits_config is not None and settlement.get("process") == "separate"
 
     def write_credits_config(self) -> Path:
         """Copy the credits config into ``rundir``, pointed at this gateway's services."""

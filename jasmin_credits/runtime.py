@@ -47,13 +47,15 @@ class CreditsRuntime:
     """One gateway's credit system. ``reactor`` is the only global it needs, passed in."""
 
     def __init__(self, config: CreditsConfig, *, reactor: IReactorTime | None = None,
-                 redis: Any = None):
+                 redis: Any = None, role: str = "gateway"):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
         self.config = config
         self.reactor = reactor
+        self.role = role
+        """``gateway`` (charges; jasmind or interceptord) or ``background`` (settled)."""
         self.keys = Keys(config.redis.key_prefix)
         self.instance = uuid.uuid4().hex
         """Names this process in reload announcements (it ignores its own)."""
@@ -71,9 +73,9 @@ class CreditsRuntime:
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_config_file(cls, path: str | Path | None) -> CreditsRuntime:
+    def from_config_file(cls, path: str | Path | None, role: str = "gateway") -> CreditsRuntime:
         """Load and validate the config and its cards; raises ConfigError."""
-        return cls(load_config(path))
+        return cls(load_config(path), role=role)
 
     @property
     def in_process(self) -> bool:
@@ -139,9 +141,19 @@ class CreditsRuntime:
         if self.reconciler is not None:
             self.reconciler.start()
             self.services.append(self.reconciler)
-        if self.config.settlement.enabled:
-            self.services += await start_settlement(self)
-        self.services += start_plans_and_events(self)
+        if self.runs_background:
+            if self.config.settlement.enabled:
+                self.services += await start_settlement(self)
+            self.services += start_plans_and_events(self)
+
+    @property
+    def runs_background(self) -> bool:
+        """Whether this process runs settlement, the sweeper, plans and event delivery.
+
+        A gateway does unless ``settlement.process: separate`` moves them to
+        ``jasmin-credits-settled`` (then jasmind's reactor only charges).
+        """
+        return self.role == "background" or self.config.settlement.process == "gateway"
 
     def stop(self) -> Deferred:
         """Stop settlement and the sweeper, close Redis."""

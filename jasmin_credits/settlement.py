@@ -111,11 +111,19 @@ class _PduUnpickler(pickle.Unpickler):
     put a pickle there: refusing every other global keeps that from running code here.
     """
 
+    _allowed: dict[tuple[str, str], Any] = {}
+    """Classes already checked and resolved (every PDU names the same dozen)."""
+
     def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] in ("smpp", "jasmin") or (module, name) in _SAFE_GLOBALS or (
+        key = (module, name)
+        found = self._allowed.get(key)
+        if found is not None:
+            return found
+        if module.split(".")[0] in ("smpp", "jasmin") or key in _SAFE_GLOBALS or (
                 module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS):
             # (protocol 2 names builtins "__builtin__"; the base class maps it back)
-            return super().find_class(module, name)
+            found = self._allowed[key] = super().find_class(module, name)
+            return found
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
