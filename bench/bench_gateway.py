@@ -338,6 +338,15 @@ def configurations() -> dict[str, Configuration]:
                             "credits_overrides": {"charging": {"mode": "pre-routing"},
                                                   "settlement": {"enabled": False}}},
                            False, True, True),
+        "7": Configuration("7", "launcher, in-process charging, settlement in settled",
+                           {"credits_config": config,
+                            "credits_overrides": {"settlement": {"process": "separate"}}},
+                           True, True, True),
+        "8": Configuration("8", "launcher, pre-routing charging, settlement in settled",
+                           {"credits_config": config,
+                            "credits_overrides": {"charging": {"mode": "pre-routing"},
+                                                  "settlement": {"process": "separate"}}},
+                           False, True, True),
     }
 
 
@@ -628,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--http-messages", type=int, default=2000)
     parser.add_argument("--http-clients", type=int, default=10)
-    parser.add_argument("--configs", nargs="+", default=["1", "2", "0", "3", "4", "5", "6"],
+    parser.add_argument("--configs", nargs="+", default=list("120345678"),
                         choices=sorted(configurations()))
     parser.add_argument("--client-timeout", type=float, default=180.0,
                         help="seconds allowed to one measurement")
