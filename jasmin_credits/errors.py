@@ -64,3 +64,23 @@ class Refusal(IntEnum):
     def label(self) -> str:
         """Lower-case name used in config keys, logs and metrics (``daily_credit_limit``)."""
         return self.name.lower()
+
+    @property
+    def text(self) -> str:
+        """What a client is told, e.g. ``Daily credit limit reached``."""
+        return _TEXTS[self]
+
+
+_TEXTS = {
+    Refusal.INSUFFICIENT_CREDIT: "Insufficient credit",
+    Refusal.DAILY_CREDIT_LIMIT: "Daily credit limit reached",
+    Refusal.WEEKLY_CREDIT_LIMIT: "Weekly credit limit reached",
+    Refusal.MONTHLY_CREDIT_LIMIT: "Monthly credit limit reached",
+    Refusal.DAILY_MESSAGE_LIMIT: "Daily message limit reached",
+    Refusal.WEEKLY_MESSAGE_LIMIT: "Weekly message limit reached",
+    Refusal.MONTHLY_MESSAGE_LIMIT: "Monthly message limit reached",
+    Refusal.NO_WALLET: "No credit wallet",
+    Refusal.NOT_PRICED: "Destination not priced",
+    Refusal.INVALID_DESTINATION: "Invalid destination",
+    Refusal.STORE_UNAVAILABLE: "Credit store unavailable, retry later",
+}

@@ -23,26 +23,9 @@ from typing import Any
 from twisted.web.resource import Resource
 
 from .errors import InvalidDestination, NotPriced
+from .http_wrap import CollectingRequest
 from .money import format_amount
 from .parts import Parts, encoding_of
-
-
-class _CollectingRequest:
-    """The real request, except that what Jasmin writes is kept for us to amend."""
-
-    def __init__(self, request: Any, on_finish: Any):
-        self._request = request
-        self._on_finish = on_finish
-        self.body = b""
-
-    def write(self, data: bytes) -> None:
-        self.body += data
-
-    def finish(self) -> None:
-        self._on_finish(self)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._request, name)
 
 
 class CreditRate(Resource):
@@ -56,10 +39,10 @@ class CreditRate(Resource):
         self.runtime = runtime
 
     def render_GET(self, request: Any) -> Any:  # noqa: N802 - twisted.web API
-        return self.jasmin_rate.render_GET(_CollectingRequest(request, self._finish))
+        return self.jasmin_rate.render_GET(CollectingRequest(request, self._finish))
 
-    def _finish(self, collected: _CollectingRequest) -> None:
-        request = collected._request
+    def _finish(self, collected: CollectingRequest) -> None:
+        request = collected.request
         body = collected.body
         if request.code == 200:
             try:

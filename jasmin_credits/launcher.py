@@ -154,14 +154,14 @@ class CreditsJasminDaemon(JasminDaemon):
     def startHTTPApiService(self) -> None:  # noqa: N802 - jasmind API
         """jasmind's HTTP API, then ``runtime.install_http(http_api_resource)``."""
         super().startHTTPApiService()
-        if self.runtime is not None:
-            self.runtime.install_http(self.components["http-api-factory"])
         if self._pre_routing():
             from jasmin_credits.interceptors import prehook
 
             api = self.components["http-api-factory"]
             send = getattr(api, "resource", api).children[b"send"]
             prehook.install_http(send, self.runtime.charger, self.runtime.config)
+        if self.runtime is not None:  # after the prehook: it wraps Jasmin's resources
+            self.runtime.install_http(self.components["http-api-factory"])
 
     def startJCliService(self) -> None:  # noqa: N802 - jasmind API
         """jasmind's jCli, then ``runtime.install_jcli(jcli_factory)``.

@@ -191,9 +191,11 @@ class CreditsRuntime:
         install_jcli(jcli_factory, self)
 
     def install_http(self, http_api: Any) -> None:
-        """Add ``/credit`` to Jasmin's HTTP API; ``/rate`` quotes our price, charges nothing."""
+        """Add ``/credit`` and ``/metrics``; ``/rate`` quotes our price and charges nothing;
+        ``/send`` refusals name their reason."""
         from .http_credit import install_http
         from .http_rate import install_rate
+        from .http_send import install_send
         from .metrics import install_metrics
 
         resource = getattr(http_api, "resource", http_api)
@@ -204,6 +206,7 @@ class CreditsRuntime:
         install_http(http_api, self)
         install_metrics(http_api, self.metrics, self.reactor)
         install_rate(http_api, self)
+        install_send(http_api, self.config)
 
     # -- cards --------------------------------------------------------------------------
 

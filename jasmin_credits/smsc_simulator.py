@@ -6,7 +6,8 @@ destination's prefix (longest prefix wins):
 
 * ``fail={"3399": "ESME_RSUBMITFAIL"}``: answer that error status;
 * ``silent=["3398"]``: never answer (the client times out);
-* ``disconnect=["3396"]``: record the message, answer nothing and drop the connection;
+* ``disconnect=["3396"]``: the first submit_sm to each such destination is recorded,
+  unanswered, and drops the connection (a resend is answered as usual);
 * ``dlr_stat={"3397": "UNDELIV"}``: the stat of the delivery receipt (default ``DELIVRD``).
 
 Everything else gets ``ESME_ROK`` and a fresh message id. When ``registered_delivery`` asks for
@@ -220,8 +221,8 @@ class SMSCSimulator(Factory):
 
     :param fail: destination prefix → SMPP status (name, number or ``CommandStatus``).
     :param silent: destination prefixes whose ``submit_sm`` is never answered.
-    :param disconnect: destination prefixes whose ``submit_sm`` closes the connection
-        (unanswered; recorded with status ``DISCONNECTED``).
+    :param disconnect: destination prefixes whose first ``submit_sm`` per destination
+        aborts the connection (unanswered; recorded with status ``DISCONNECTED``).
     :param dlr_stat: destination prefix → receipt stat (``DELIVRD``, ``UNDELIV``, ...).
     :param default_stat: receipt stat when no ``dlr_stat`` prefix matches.
     :param dlr_delay: seconds between the ``submit_sm_resp`` and the receipt.
@@ -251,6 +252,7 @@ class SMSCSimulator(Factory):
         self.fail = {prefix: _command_status(status) for prefix, status in (fail or {}).items()}
         self.silent = {prefix: True for prefix in silent}
         self.disconnect = {prefix: True for prefix in disconnect}
+        self._dropped: set[str] = set()
         self.dlr_stat = dict(dlr_stat or {})
         for stat in [default_stat, *self.dlr_stat.values()]:
             if stat not in STAT_STATES:
@@ -299,7 +301,10 @@ class SMSCSimulator(Factory):
             RegisteredDeliveryReceipt.NO_SMSC_DELIVERY_RECEIPT_REQUESTED)
         data_coding = params.get("data_coding")
         coding = getattr(getattr(data_coding, "schemeData", None), "value", 0)
-        dropping = _longest_prefix(self.disconnect, destination) is not None
+        dropping = (_longest_prefix(self.disconnect, destination) is not None
+                    and destination not in self._dropped)
+        if dropping:
+            self._dropped.add(destination)
         silent = dropping or _longest_prefix(self.silent, destination) is not None
         failing = _longest_prefix(self.fail, destination)
         status = self.fail[failing] if failing is not None else CommandStatus.ESME_ROK
@@ -318,7 +323,7 @@ class SMSCSimulator(Factory):
         )
         self._record(record)
         if dropping:
-            connection.transport.loseConnection()
+            connection.transport.abortConnection()
             return
         if silent:
             return
@@ -394,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--silent", action="append", default=[], metavar="PREFIX",
                         help="never answer submit_sm for destinations with PREFIX")
     parser.add_argument("--disconnect", action="append", default=[], metavar="PREFIX",
-                        help="close the connection on submit_sm for destinations with PREFIX")
+                        help="drop the connection on the first submit_sm to each destination "
+                             "with PREFIX")
     parser.add_argument("--dlr-stat", action="append", default=[], metavar="PREFIX=STAT",
                         help="receipt stat (DELIVRD, UNDELIV, EXPIRED, ...) for PREFIX")
     parser.add_argument("--default-stat", default="DELIVRD", help="receipt stat otherwise")

@@ -15,10 +15,15 @@ from typing import Any
 
 from ..charging import Decision
 from ..config import CreditsConfig
+from ..http_send import report_refusal
 
 
 def refusal_answer(decision: Decision, config: CreditsConfig) -> dict[str, Any]:
-    """The status dict that makes Jasmin refuse with the configured statuses."""
+    """The status dict that makes Jasmin refuse with the configured statuses.
+
+    An HTTP ``/send`` being served learns the reason too (:mod:`jasmin_credits.http_send`).
+    """
+    report_refusal(decision)
     status = config.status(decision.refusal)
     return {
         "smpp_status": status.smpp,

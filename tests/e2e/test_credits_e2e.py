@@ -94,7 +94,8 @@ def test_no_credit_refused_and_nothing_reaches_smsc(gateway, smpp_client, books)
     client = smpp_client()
     assert send(client, "447911000004").status == 0x65
     status, body = http(gateway, "send", to="447911000005", content="hi")
-    assert status == 402, body
+    assert (status, body) == (402, 'Error "Insufficient credit (jasmin-credits: '
+                                   'insufficient_credit)"')
     rows = [r for r in gateway.smsc_received()
             if r["destination_addr"] in ("447911000004", "447911000005")]
     assert rows == []
@@ -110,8 +111,9 @@ def test_daily_limit_refused_with_its_status(gateway, smpp_client, books):
         client = smpp_client()
         assert send(client, "447911000006").status == 0
         assert send(client, "447911000007").status == 0x64
-        status, _ = http(gateway, "send", to="447911000008", content="hi")
-        assert status == 429
+        status, body = http(gateway, "send", to="447911000008", content="hi")
+        assert (status, body) == (429, 'Error "Daily credit limit reached (jasmin-credits: '
+                                       'daily_credit_limit)"')
     finally:
         books.configure("alice", lim__credits__day=None)
 
