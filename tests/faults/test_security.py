@@ -1,0 +1,184 @@
+"""Security: the interceptor PB (loopback, password), Redis AUTH, no unpickling of Redis data."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from jasmin.interceptor.proxies import InterceptorPBProxy
+from jasmin.routing.jasminApi import MTInterceptorScript
+from jasmin.tools.proxies import ConnectError
+from twisted.trial.unittest import TestCase
+
+from jasmin_credits.config import load_config
+from jasmin_credits.devservices import RedisServer, free_port, wait_for_port
+from jasmin_credits.errors import Refusal
+from jasmin_credits.localgateway import REPO_ROOT
+from jasmin_credits.runtime import CreditsRuntime
+from tests.jasmin_objects import routable, smpp_message
+
+PACKAGE = REPO_ROOT / "jasmin_credits"
+
+
+def _credits_config(directory: Path, redis_port: int, **redis: object) -> Path:
+    """A credits config on ``redis_port`` with settlement off (no RabbitMQ needed)."""
+    data = yaml.safe_load((REPO_ROOT / "config" / "credits.yaml").read_text())
+    data["redis"].update(host="127.0.0.1", port=redis_port, key_prefix="jcsec", timeout=1,
+                         connect_timeout=1, **redis)
+    data["cards"]["files"] = [str(REPO_ROOT / "config" / "cards" / f)
+                              for f in ("world.yaml", "premium.yaml")]
+    data["charging"]["mode"] = "interceptor-pb"
+    data["settlement"]["enabled"] = False
+    path = directory / "credits.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses of the sockets listening on TCP ``port`` (from /proc/net/tcp*)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hexport = local.partition(":")
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(address)
+    return found
+
+
+class InterceptordTests(TestCase):
+    """Our drop-in interceptord, started as operators run it (no ``bind`` in its config)."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="jc-sec-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.port = free_port()
+        (self.dir / "interceptor.cfg").write_text(
+            f"[interceptor]\nport = {self.port}\nlog_file = {self.dir / 'interceptor.log'}\n")
+        credits = _credits_config(self.dir, int(os.environ["JC_TEST_REDIS_PORT"]))
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO_ROOT),
+               "HOME": str(self.dir), "LANG": "C.UTF-8"}
+        with open(self.dir / "out.log", "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "jasmin_credits.interceptors.interceptord",
+                 "-c", str(self.dir / "interceptor.cfg"), "--credits-config", str(credits),
+                 "--lock-file", str(self.dir / "interceptord")],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.addCleanup(self._stop)
+        try:
+            wait_for_port(self.port, timeout=60)
+        except TimeoutError:
+            self.fail((self.dir / "out.log").read_text())
+
+    def _stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def test_binds_loopback_by_default(self):
+        """Without a ``bind`` key the interceptor PB listens on 127.0.0.1 only."""
+        self.assertEqual(_listening_addresses(self.port), {"0100007F"})
+
+    async def test_wrong_password_refused(self):
+        """Jasmin's own PB client with a wrong password is refused; the right one logs in."""
+        proxy = InterceptorPBProxy()
+        with self.assertRaises(ConnectError) as refused:
+            await proxy.connect("127.0.0.1", self.port, "iadmin", "wrong")
+        self.assertIn("Authentication error", str(refused.exception))
+        self.assertFalse(proxy.isConnected)
+        proxy.disconnect()
+        good = InterceptorPBProxy()
+        await good.connect("127.0.0.1", self.port, "iadmin", "ipwd")
+        self.assertTrue(good.isConnected)
+        answer = await good.run_script(MTInterceptorScript('"""pass"""'),
+                                       routable(smpp_message(destination="33612345678")))
+        self.assertIsInstance(answer, bytes | dict)
+        good.disconnect()
+
+
+class RedisPasswordTests(TestCase):
+    """``redis.password`` authenticates every connection of the runtime."""
+
+    def setUp(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="jc-sec-redis-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.redis = RedisServer(self.dir / "redis", appendonly=False,
+                                 extra_args=("--requirepass", "s3cret-pw"))
+        self.redis.start()
+        self.addCleanup(self.redis.stop)
+
+    async def _runtime(self, password: str) -> CreditsRuntime:
+        path = _credits_config(self.dir, self.redis.port, password=password)
+        runtime = CreditsRuntime(load_config(path))
+        await runtime.start()
+        self.addCleanup(runtime.stop)
+        return runtime
+
+    async def test_right_password_charges(self):
+        """With the right password a top-up and a charge go through."""
+        runtime = await self._runtime("s3cret-pw")
+        await runtime.store.top_up("alice", 10_000, op_id="sec-1", actor="test")
+        decision = await runtime.charger.charge(
+            routable(smpp_message(destination="33612345678")))
+        self.assertTrue(decision.accepted and decision.charged, decision)
+        wallet = await runtime.store.wallet("alice")
+        self.assertEqual((wallet.balance, wallet.reserved), (10_000, 800))
+
+    async def test_wrong_password_refuses_as_store_unavailable(self):
+        """A wrong password makes charging refuse with store_unavailable, not crash."""
+        runtime = await self._runtime("not-the-password")
+        decision = await runtime.charger.charge(
+            routable(smpp_message(destination="33612345678")))
+        self.assertEqual(decision.refusal, Refusal.STORE_UNAVAILABLE)
+
+
+# Files allowed to call pickle.loads, and what they unpickle: data Jasmin hands over
+# (PB arguments from jasmind, AMQP message bodies and headers), never Redis replies.
+PICKLE_LOADS_ALLOWED = {
+    "interceptors/interceptord.py": "the routable jasmind sends over the authenticated PB",
+    "interceptors/prehook.py": "the interceptor answer jasmind passes inside its own process",
+}
+
+
+def test_no_unpickling_of_redis_data():
+    """``pickle.loads``/``load`` appear only where Jasmin hands the data over; AMQP bodies go
+    through settlement's restricted unpickler, and no module both reads Redis and unpickles."""
+    loads = re.compile(r"\b(c?[pP]ickle\.loads?|_?[A-Za-z]*Unpickler\b)\s*\(")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE).as_posix()
+        text = path.read_text()
+        calls = [m.group(1) for m in loads.finditer(text)]
+        if not calls:
+            continue
+        if name == "settlement.py":
+            # The only unpickling there is the allow-listed _PduUnpickler on AMQP bodies.
+            assert set(calls) <= {"_PduUnpickler", "pickle.Unpickler"}, calls
+            assert "class _PduUnpickler(pickle.Unpickler)" in text
+            assert "def find_class" in text
+            continue
+        assert name in PICKLE_LOADS_ALLOWED, f"{name} unpickles: {calls}"
+        assert not re.search(r"\b(store|redis)\b.*\n?.*pickle\.loads", text), name
+
+
+def test_restricted_unpickler_refuses_other_globals():
+    """Settlement's unpickler refuses a pickle naming any global outside smpp/jasmin."""
+    import pickle
+
+    from jasmin_credits.settlement import load_submit_sm
+
+    evil = pickle.dumps(os.system)  # a global: loading it would hand out os.system
+    try:
+        load_submit_sm(evil)
+    except ValueError as error:
+        assert "refusing" in str(error)
+    else:
+        raise AssertionError("os.system was unpickled")
