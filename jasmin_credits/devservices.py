@@ -115,6 +115,10 @@ RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
+class BrokerExited(RuntimeError):
+    """rabbitmq-server ended before it was ready."""
+
+
 class RabbitMQServer:
     """A private RabbitMQ broker on loopback, with every file under ``rundir``.
 
@@ -175,6 +179,26 @@ class RabbitMQServer:
             "loopback_users.guest = true\n"
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
         (self.rundir / "rabbitmq-env.conf").write_text("")
+        for attempt in range(1, 4):
+            try:
+                self._start_once()
+                return self
+            except BrokerExited:
+                # Seen rarely under load: the broker quits at boot. Keep its log, take new
+                # distribution ports (the AMQP port is already in others' configs), retry.
+                self.stop()
+                if attempt == 3:
+                    raise
+                os.replace(self.rundir / "log", self.rundir / f"log.failed-{attempt}")
+                (self.rundir / "log").mkdir()
+                self.dist_port, self.epmd_port = free_port(), free_port()
+                self.ctl_dist_port_min = free_port()
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def _start_once(self) -> None:
         env = self.env()
         epmd = find_binary("epmd", "/usr/bin/epmd")
         subprocess.run([epmd, "-address", "127.0.0.1", "-port", str(self.epmd_port), "-daemon"],
@@ -185,12 +209,7 @@ class RabbitMQServer:
             self.process = subprocess.Popen([RABBITMQ_SERVER], env=env, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        try:
-            self._await_startup()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        self._await_startup()
 
     def _ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run([RABBITMQCTL, "-n", self.nodename, *args], env=self.env(),
@@ -201,7 +220,7 @@ class RabbitMQServer:
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited with {self.process.returncode}; "
+                raise BrokerExited(f"rabbitmq-server exited with {self.process.returncode}; "
                                    f"see {self.rundir / 'log'}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
