@@ -347,6 +347,11 @@ def configurations() -> dict[str, Configuration]:
                             "credits_overrides": {"charging": {"mode": "pre-routing"},
                                                   "settlement": {"process": "separate"}}},
                            False, True, True),
+        "9": Configuration("9", "stock jasmind + our interceptord, settlement in settled",
+                           {**stock, "credits_config": config, "interceptord": True,
+                            "credits_overrides": {"charging": {"mode": "interceptor-pb"},
+                                                  "settlement": {"process": "separate"}}},
+                           True, True, False),
     }
 
 
@@ -637,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--http-messages", type=int, default=2000)
     parser.add_argument("--http-clients", type=int, default=10)
-    parser.add_argument("--configs", nargs="+", default=list("120345678"),
+    parser.add_argument("--configs", nargs="+", default=list("1203456789"),
                         choices=sorted(configurations()))
     parser.add_argument("--client-timeout", type=float, default=180.0,
                         help="seconds allowed to one measurement")

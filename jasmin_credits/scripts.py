@@ -112,23 +112,26 @@ def _fire(result: Any, d: Deferred) -> None:
 class Scripts:
     """Every operation, by name: ``scripts.run("reserve", keys, args)``.
 
-    With ``batch`` on, operations requested in the same reactor turn go to Redis as one
-    ``batch`` call of at most ``max_batch`` operations; alone, an operation goes as its own
-    script. Every call to Redis fails with Twisted's ``TimeoutError`` after ``timeout``
-    seconds of ``clock``.
+    With ``batch`` on, an operation goes to Redis at once while fewer than
+    ``max_in_flight`` calls are outstanding; otherwise it waits, with the others that
+    arrive meanwhile, for a reply to land, and they all go as one ``batch`` call (at most
+    ``max_batch`` operations). So a quiet gateway pays no added latency, and a busy one
+    sends few, large calls. Every call to Redis fails with Twisted's ``TimeoutError``
+    after ``timeout`` seconds of ``clock``.
     """
 
     def __init__(self, redis: RedisClient, clock: IReactorTime, timeout: float,
-                 batch: bool = True, max_batch: int = 64):
+                 batch: bool = True, max_batch: int = 32, max_in_flight: int = 2):
         self.redis = redis
         self.clock = clock
         self.timeout = timeout
         self.batching = batch
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
         self.single = {name: Script.operation(name) for name in NAMES}
         self.batch = Script.batch()
         self._pending: list[tuple[str, list[str], list[Any], Deferred]] = []
-        self._flush_call: Any = None
+        self._in_flight = 0
 
     def run(self, name: str, keys: list[str], args: list[Any]) -> Deferred:
         """Run operation ``name``; the Deferred fires with its reply."""
@@ -136,10 +139,8 @@ class Scripts:
             return self._checked(self._send(self.single[name], keys, args))
         d = Deferred()
         self._pending.append((name, keys, args, d))
-        if len(self._pending) >= self.max_batch:
+        if self._in_flight < self.max_in_flight or len(self._pending) >= self.max_batch:
             self._flush()
-        elif self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush)
         return d
 
     @staticmethod
@@ -152,15 +153,16 @@ class Scripts:
         return d.addCallback(check)
 
     def _flush(self) -> None:
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        pending, self._pending = self._pending, []
+        pending = self._pending[:self.max_batch]
+        del self._pending[:self.max_batch]
         if not pending:
             return
+        self._in_flight += 1
         if len(pending) == 1:
             name, keys, args, d = pending[0]
-            self._checked(self._send(self.single[name], keys, args)).addBoth(_fire, d)
+            call = self._checked(self._send(self.single[name], keys, args))
+            call.addBoth(_fire, d)
+            call.addBoth(self._landed)
             return
         all_keys: list[str] = []
         all_args: list[Any] = [len(pending)]
@@ -181,10 +183,15 @@ class Scripts:
                 _fire(failure, d)
 
         call.addCallbacks(deliver, failed)
+        call.addBoth(self._landed)
+
+    def _landed(self, _: Any) -> None:
+        """A call came back (or failed): send what waited for it."""
+        self._in_flight -= 1
+        if self._pending:
+            self._flush()
 
     def _send(self, script: Script, keys: list[str], args: list[Any]) -> Deferred:
         return script(self.redis, keys, args).addTimeout(self.timeout, self.clock)
 
-    def run_now(self) -> None:
-        """Send what is pending without waiting for the reactor turn (tests, shutdown)."""
-        self._flush()
+
