@@ -167,6 +167,16 @@ class AmqpConnection:
             return succeed(None)
         return self._service.stopService()
 
+    async def shutdown(self) -> None:
+        """Close the AMQP session politely (2 s at most), then :meth:`stop`."""
+        client = self.client
+        if client is not None and not client.closed:
+            try:
+                await client.close(within=2)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+        await self.stop()
+
     def _prepare(self, client: AMQClient) -> Deferred:
         d = Deferred.fromCoroutine(self._handshake(client))
         d.addTimeout(self.settings.connect_timeout, self.clock)

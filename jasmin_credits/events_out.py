@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from txamqp.content import Content
@@ -47,6 +47,7 @@ from txamqp.content import Content
 from .amqp import AmqpConnection, AmqpSettings
 from .errors import StoreUnavailable
 from .metrics import NO_METRICS
+from .periodic import PeriodicJob
 from .store import CreditStore
 
 log = logging.getLogger("jasmin-credits")
@@ -159,15 +160,9 @@ class AmqpSink:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        client = self.connection.client
-        if client is not None and not client.closed:
-            try:
-                await client.close(within=2)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
         if self._started:
             self._started = False
-            await self.connection.stop()
+            await self.connection.shutdown()
 
     async def deliver(self, event: OutboxEvent) -> bool:
         channel, client = self.connection.channel, self.connection.client
@@ -276,7 +271,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class OutboxConsumer:
+class OutboxConsumer(PeriodicJob):
     """Feeds one sink from the outbox through consumer group ``group``.
 
     Every ``interval`` seconds of ``clock``: claim entries other consumers left pending for
@@ -302,37 +297,14 @@ class OutboxConsumer:
         self.delivered = 0
         self.given_up = 0
         self._group_ready = False
-        self._loop: LoopingCall | None = None
-        self._current: Deferred | None = None
 
     @property
     def stream(self) -> str:
         return self.store.keys.outbox
 
-    def start(self) -> None:
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True).addErrback(
-            lambda f: log.error("outbox consumer %s stopped: %s", self.group, f.value))
-
-    def stop(self) -> Deferred:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        current = self._current
-        if current is None or current.called:
-            return succeed(None)
-        done: Deferred = Deferred()
-        current.addBoth(lambda r: (done.callback(None), r)[1])
-        return done
-
-    def tick(self) -> Deferred:
-        """One round; never fails (problems are logged and retried next round)."""
-        d = Deferred.fromCoroutine(self._tick())
-        d.addErrback(lambda f: log.error("outbox %s round failed: %s", self.group,
-                                         f.getTraceback()))
-        self._current = d
-        return d
+    @property
+    def job_name(self) -> str:
+        return f"outbox consumer {self.group}"
 
     async def _tick(self) -> None:
         try:

@@ -43,11 +43,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 
 from .errors import StoreUnavailable
+from .periodic import PeriodicJob
 from .store import CreditStore
 
 log = logging.getLogger("jasmin-credits")
@@ -320,13 +319,15 @@ def describe(plan: Plan | None, now_ms: int, amount: Callable[[int], str] = str)
 
 # -- the scheduler -------------------------------------------------------------------------
 
-class PlanScheduler:
+class PlanScheduler(PeriodicJob):
     """Runs every due plan run, each ``interval`` seconds of ``clock``.
 
     Safe to run on every gateway at once (see the module docstring). ``catch_up``
     (seconds, None: no limit) drops an occurrence older than that instead of running it
     late. ``metrics`` (a :class:`~jasmin_credits.metrics.CreditMetrics`) counts runs.
     """
+
+    job_name = "plan scheduler"
 
     def __init__(self, store: CreditStore, clock: IReactorTime, *, interval: float = 30.0,
                  catch_up: float | None = None, metrics: Any = None):
@@ -337,35 +338,6 @@ class PlanScheduler:
         self.metrics = metrics
         self.runs: list[tuple[str, str, int, int]] = []
         """Applied runs of this scheduler: (uid, kind, status, amount) (for tests, logs)."""
-        self._loop: LoopingCall | None = None
-        self._loop_done: Deferred | None = None
-        self._current: Deferred | None = None
-
-    def start(self) -> None:
-        """Tick now, then every ``interval`` seconds."""
-        self._loop = LoopingCall(self.tick)
-        self._loop.clock = self.clock
-        self._loop_done = self._loop.start(self.interval, now=True)
-        self._loop_done.addErrback(lambda f: log.error("plan scheduler stopped: %s", f.value))
-
-    def stop(self) -> Deferred:
-        """Stop ticking; fires when a tick in progress has finished."""
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        current = self._current
-        if current is None or current.called:
-            return succeed(None)
-        done: Deferred = Deferred()
-        current.addBoth(lambda r: (done.callback(None), r)[1])
-        return done
-
-    def tick(self) -> Deferred:
-        """Look at every plan once; never fails (problems are logged)."""
-        d = Deferred.fromCoroutine(self._tick())
-        d.addErrback(lambda f: log.error("plan tick failed: %s", f.getTraceback()))
-        self._current = d
-        return d
 
     async def _tick(self) -> None:
         try:

@@ -420,15 +420,9 @@ class SettlementConsumer:
         self._timers.clear()
         if self._inflight:
             await DeferredList(list(self._inflight), consumeErrors=True)
-        client = self.connection.client
-        if client is not None and not client.closed:
-            try:
-                await client.close(within=2)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
         if self._started:
             self._started = False
-            await self.connection.stop()
+            await self.connection.shutdown()
 
     async def _on_ready(self, client: Any, channel: Any) -> None:
         await channel.basic_qos(prefetch_count=self.prefetch)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,9 +105,12 @@ def running_gateway(overrides: dict, provision: Callable[[LocalGateway], None],
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def provision_with_routes(gateway: LocalGateway, refusing_script: str | None = None) -> None:
+def provision_with_routes(gateway: LocalGateway, operator_script: str | None = None, *,
+                          default_interceptor: bool = True) -> None:
     """Group, alice, the connector, a route for every destination except ``4420...`` (so
-    those have no route), and a DefaultInterceptor (pass-through or ``refusing_script``)."""
+    those have no route), and the operator's interceptor: a DefaultInterceptor running
+    ``operator_script`` (pass-through if None), or, with ``default_interceptor=False``, only
+    a StaticMTInterceptor for ``3366...`` destinations running ``operator_script``."""
     with gateway.jcli() as jcli:
         gateway.add_group(jcli)
         gateway.add_user(jcli)
@@ -114,8 +120,32 @@ def provision_with_routes(gateway: LocalGateway, refusing_script: str | None = N
         jcli.run("mtrouter -a", ["type StaticMTRoute", "order 10", "filters routable",
                                  "connector smppc(smsc)", "rate 0.00"])
         script = None
-        if refusing_script is not None:
+        if operator_script is not None:
             script = gateway.rundir / "operator_script.py"
-            script.write_text(refusing_script)
-        gateway.add_default_interceptor(jcli, script)
+            script.write_text(operator_script)
+        if default_interceptor:
+            gateway.add_default_interceptor(jcli, script)
+        elif script is not None:
+            jcli.run("filter -a", ["type DestinationAddrFilter", "fid operator",
+                                   "destination_addr ^3366.*"])
+            jcli.run("mtinterceptor -a", ["type StaticMTInterceptor", "order 10",
+                                          "filters operator", f"script python3({script})"])
     gateway.wait_connector_bound("smsc")
+
+
+def http(gateway: LocalGateway, endpoint: str, **params: str) -> tuple[int, str]:
+    """GET an HTTP API endpoint as alice: ``(status, body)``."""
+    query = urllib.parse.urlencode({"username": "alice", "password": "alicepwd", **params})
+    try:
+        with urllib.request.urlopen(f"{gateway.http_url}/{endpoint}?{query}",
+                                    timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def send(client: Any, destination: str, text: bytes = b"hello", **kwargs: Any) -> Any:
+    """One submit_sm; its submit_sm_resp."""
+    seq = client.submit(destination, text, **kwargs)
+    client.pump(lambda: client.response_for(seq) is not None)
+    return client.response_for(seq)

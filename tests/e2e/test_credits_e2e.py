@@ -7,14 +7,11 @@ smpplib as the SMPP client and Jasmin's HTTP API.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import pytest
 
 from tests.e2e.conftest import wait_received
-from tests.e2e.credits_support import PRICE, provision_with_routes, running_gateway
+from tests.e2e.credits_support import PRICE, http, provision_with_routes, running_gateway, send
 
 UDHI = 0x40
 OPERATOR_SCRIPT = (
@@ -32,22 +29,6 @@ def gateway():
     with running_gateway(OVERRIDES, lambda gw: provision_with_routes(gw, OPERATOR_SCRIPT),
                          smsc_args=["--fail", "3398=ESME_RINVDSTADR"]) as gw:
         yield gw
-
-
-def http(gateway, endpoint, **params):
-    query = urllib.parse.urlencode({"username": "alice", "password": "alicepwd", **params})
-    try:
-        with urllib.request.urlopen(f"{gateway.http_url}/{endpoint}?{query}",
-                                    timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def send(client, destination, text=b"hello", **kwargs):
-    seq = client.submit(destination, text, **kwargs)
-    client.pump(lambda: client.response_for(seq) is not None)
-    return client.response_for(seq)
 
 
 def test_uk_fr_us_are_charged_their_own_prices(gateway, smpp_client, books):

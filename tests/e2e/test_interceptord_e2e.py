@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.credits_support import PRICE, running_gateway
-from tests.e2e.test_credits_e2e import http, send
+from tests.e2e.credits_support import PRICE, http, running_gateway, send
 
 OVERRIDES = {
     "charging": {"mode": "interceptor-pb"},

@@ -8,17 +8,15 @@ own, matching only destinations ``3366...``; every other message meets no interc
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
-
 import pytest
 
-from jasmin_credits.localgateway import LocalGateway
-from tests.e2e.credits_support import PRICE, REPO_CONFIG, Books
+from tests.e2e.credits_support import (
+    PRICE,
+    http,
+    provision_with_routes,
+    running_gateway,
+    send,
+)
 
 UDHI = 0x40
 OPERATOR_SCRIPT = "smpp_status = 0x0B\nhttp_status = 403\n"
@@ -28,60 +26,11 @@ OVERRIDES = {
 }
 
 
-def provision(gateway: LocalGateway) -> None:
-    """Alice, the connector, a route for all but ``4420...``, and an operator interceptor
-    refusing ``3366...`` (no DefaultInterceptor)."""
-    script = gateway.rundir / "operator_script.py"
-    script.write_text(OPERATOR_SCRIPT)
-    with gateway.jcli() as jcli:
-        gateway.add_group(jcli)
-        gateway.add_user(jcli)
-        gateway.add_smsc_connector(jcli)
-        jcli.run("filter -a", ["type DestinationAddrFilter", "fid routable",
-                               "destination_addr ^(?!4420).*"])
-        jcli.run("mtrouter -a", ["type StaticMTRoute", "order 10", "filters routable",
-                                 "connector smppc(smsc)", "rate 0.00"])
-        jcli.run("filter -a", ["type DestinationAddrFilter", "fid operator",
-                               "destination_addr ^3366.*"])
-        jcli.run("mtinterceptor -a", ["type StaticMTInterceptor", "order 10",
-                                      "filters operator", f"script python3({script})"])
-    gateway.wait_connector_bound("smsc")
-
-
 @pytest.fixture(scope="module")
 def gateway():
-    rundir = Path(tempfile.mkdtemp(prefix="jc-e2e-prehook-"))
-    gw = LocalGateway(rundir, REPO_CONFIG, provision=False, credits_overrides=OVERRIDES)
-    try:
-        gw.start()
-        provision(gw)
+    with running_gateway(OVERRIDES, lambda gw: provision_with_routes(
+            gw, OPERATOR_SCRIPT, default_interceptor=False)) as gw:
         yield gw
-    finally:
-        gw.stop()
-    shutil.rmtree(rundir, ignore_errors=True)
-
-
-@pytest.fixture
-def books(gateway):
-    books = Books(gateway)
-    yield books
-    books.assert_log_sums("alice")
-
-
-def http(gateway, endpoint, **params):
-    query = urllib.parse.urlencode({"username": "alice", "password": "alicepwd", **params})
-    try:
-        with urllib.request.urlopen(f"{gateway.http_url}/{endpoint}?{query}",
-                                    timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def send(client, destination, text=b"hello", **kwargs):
-    seq = client.submit(destination, text, **kwargs)
-    client.pump(lambda: client.response_for(seq) is not None)
-    return client.response_for(seq)
 
 
 def test_smpp_and_http_charged_without_any_interceptor(gateway, smpp_client, books):

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.credits_support import PRICE, provision_with_routes, running_gateway
-from tests.e2e.test_credits_e2e import http, send
+from tests.e2e.credits_support import (
+    PRICE,
+    http,
+    provision_with_routes,
+    running_gateway,
+    send,
+)
 
 OVERRIDES = {
     "settlement": {"process": "separate", "unqueued_timeout": 2, "unanswered_timeout": 60,
