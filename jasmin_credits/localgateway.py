@@ -417,7 +417,8 @@ class LocalGateway:
             "jasmind": Path("/tmp/jasmind") if self.stock_jasmind else self.rundir / "jasmind",
             "dlrd": Path(f"/tmp/dlrd-{self.instance}"),
             "dlrlookupd": Path(f"/tmp/dlrlookupd-{self.instance}"),
-            "interceptord": Path("/tmp/interceptord"),
+            "interceptord": (self.rundir / "interceptord" if self.credits_config is not None
+                             else Path("/tmp/interceptord")),
             "settled": self.rundir / "settled",
         }.get(name)
         if base is None:
