@@ -386,7 +386,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         raise s.error("dlr_refund", "must be a list of DLR stats such as [UNDELIV, REJECTD]")
     settlement = SettlementConfig(
         enabled=s.boolean("enabled", True),
-        process=s.string("process", "gateway", ("gateway", "separate")),
+        process=s.string("process", "gateway", ("gateway", "child", "separate")),
         queue_prefix=s.string("queue_prefix", "jasmin_credits"),
         unqueued_timeout=s.seconds("unqueued_timeout", 600.0),
         unanswered_timeout=s.seconds("unanswered_timeout", 86_400.0),

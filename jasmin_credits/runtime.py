@@ -145,13 +145,20 @@ class CreditsRuntime:
             if self.config.settlement.enabled:
                 self.services += await start_settlement(self)
             self.services += start_plans_and_events(self)
+        elif self.role == "gateway" and self.config.settlement.process == "child":
+            from .settled_child import SettledChild
+
+            child = SettledChild(self.reactor, self.config.source)
+            child.start()
+            self.services.append(child)
 
     @property
     def runs_background(self) -> bool:
         """Whether this process runs settlement, the sweeper, plans and event delivery.
 
-        A gateway does unless ``settlement.process: separate`` moves them to
-        ``jasmin-credits-settled`` (then jasmind's reactor only charges).
+        A gateway does unless ``settlement.process`` moves them to ``jasmin-credits-settled``
+        (``child``: started by the gateway itself; ``separate``: run by the operator); then
+        jasmind's reactor only charges.
         """
         return self.role == "background" or self.config.settlement.process == "gateway"
 

@@ -1,0 +1,104 @@
+"""``settlement.process: child``: the gateway starts ``jasmin-credits-settled`` itself.
+
+Settlement inside jasmind costs its single reactor about 400 µs per message (decoding every
+pickled PDU Jasmin publishes); in a separate process it runs on another core
+(docs/benchmarks.md). This keeps that process as easy to deploy as no process at all: the
+launcher (or our interceptord) spawns it with the same config, forwards its log lines,
+restarts it if it dies (back-off up to 30 s) and stops it on shutdown. Under systemd the
+child is in the service's control group and dies with it.
+
+Two gateway processes on one machine with the same config (our launcher and our
+interceptord) start one child between them: the second child finds the lock taken and
+exits with status 1, and its parent then stops trying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, succeed
+
+log = logging.getLogger("jasmin-credits.settled")
+
+LOCKED = 1
+"""Exit status of ``jasmin-credits-settled`` when another one holds its lock."""
+
+
+def lock_path(config_path: str) -> str:
+    """One lock per config file and machine."""
+    digest = hashlib.sha1(os.path.abspath(config_path).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"jasmin-credits-settled-{digest}")
+
+
+class _ChildProtocol(protocol.ProcessProtocol):
+    def __init__(self, owner: SettledChild):
+        self.owner = owner
+        self.buffer = b""
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            log.info("%s", line.decode(errors="replace"))
+
+    errReceived = outReceived  # noqa: N815 - Twisted API
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802 - Twisted API
+        self.owner._ended(getattr(reason.value, "exitCode", None))
+
+
+class SettledChild:
+    """Runs ``python -m jasmin_credits.settled --credits-config PATH`` as a child."""
+
+    def __init__(self, reactor: Any, config_path: str, *, max_delay: float = 30.0):
+        self.reactor = reactor
+        self.config_path = config_path
+        self.max_delay = max_delay
+        self.delay = 1.0
+        self.process: Any = None
+        self.stopping = False
+        self.starts = 0
+        self._stopped: Deferred | None = None
+        self._restart: Any = None
+
+    def start(self) -> None:
+        self.starts += 1
+        argv = [sys.executable, "-m", "jasmin_credits.settled",
+                "--credits-config", self.config_path,
+                "--lock-file", lock_path(self.config_path)]
+        self.process = self.reactor.spawnProcess(_ChildProtocol(self), sys.executable, argv,
+                                                 env=dict(os.environ))
+
+    def _ended(self, code: int | None) -> None:
+        self.process = None
+        if self.stopping:
+            if self._stopped is not None:
+                self._stopped.callback(None)
+            return
+        if code == LOCKED and self.starts == 1:
+            log.info("jasmin-credits-settled already runs for %s; not starting another",
+                     self.config_path)
+            return
+        log.error("jasmin-credits-settled exited (%s); restarting in %.0f s", code, self.delay)
+        self._restart = self.reactor.callLater(self.delay, self.start)
+        self.delay = min(self.delay * 2, self.max_delay)
+
+    def stop(self) -> Deferred:
+        """SIGTERM the child; fires when it has exited."""
+        self.stopping = True
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        if self.process is None:
+            return succeed(None)
+        self._stopped = Deferred()
+        try:
+            self.process.signalProcess("TERM")
+        except Exception:  # already gone
+            return succeed(None)
+        return self._stopped
