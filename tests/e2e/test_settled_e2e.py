@@ -1,4 +1,5 @@
-"""Settlement in its own process (settlement.process: separate, jasmin-credits-settled)."""
+"""Settlement out of jasmind: jasmin-credits-settled run by the operator
+(``settlement.process: separate``) or by the launcher itself (``child``)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,15 @@ from tests.e2e.credits_support import (
     send,
 )
 
-OVERRIDES = {
-    "settlement": {"process": "separate", "unqueued_timeout": 2, "unanswered_timeout": 60,
-                   "sweep_interval": 0.5},
-}
 
-
-@pytest.fixture(scope="module")
-def gateway():
-    with running_gateway(OVERRIDES, provision_with_routes,
+@pytest.fixture(scope="module", params=["separate", "child"])
+def gateway(request):
+    overrides = {"settlement": {"process": request.param, "unqueued_timeout": 2,
+                                "unanswered_timeout": 60, "sweep_interval": 0.5}}
+    with running_gateway(overrides, provision_with_routes,
                          smsc_args=["--fail", "3398=ESME_RINVDSTADR"]) as gw:
-        assert "settled" in gw.children
+        # LocalGateway runs the daemon for "separate"; the launcher runs it for "child".
+        assert ("settled" in gw.children) == (request.param == "separate")
         gw.wait_for_consumers({"jasmin_credits.submit_sm", "jasmin_credits.submit_sm_resp"})
         yield gw
 
@@ -34,7 +33,7 @@ def test_only_the_daemon_consumes_jasmins_events(gateway):
     assert consumers["jasmin_credits.submit_sm_resp"] == 1
 
 
-def test_charged_by_the_separate_daemon(gateway, smpp_client, books):
+def test_charged_by_the_daemon(gateway, smpp_client, books):
     """jasmind only holds; jasmin-credits-settled charges from Jasmin's events."""
     start = books.top_up("alice", 10_000)
     assert send(smpp_client(), "447911000201").status == 0

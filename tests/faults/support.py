@@ -313,3 +313,23 @@ def summary(result: LoadResult, books_now: Ledger) -> dict[str, int]:
                               if d in books_now.smsc_ok and not books_now.charged.get(d)),
         "reconnects": result.reconnects,
     }
+
+
+def restart_under_load(gateway: LocalGateway, child: str) -> LoadResult:
+    """SMPP load; after 300 answers ``child`` is killed (SIGKILL) and started again; the load
+    goes on until 300 more messages were answered after it was accepted again."""
+    load = Load(gateway)
+    load.start()
+    try:
+        load.wait_sent(300)
+        gateway.restart_child(child, kill=True)
+        if child == "jasmind":
+            gateway.wait_connector_bound("smsc")
+        killed_at = len(load.result.sent)
+        wait_until(lambda: any(s.status == ESME_ROK for s in load.result.sent[killed_at:]),
+                   90, message="accepted again after the restart")
+        load.wait_sent(300)
+    finally:
+        result = load.finish()
+    return result
+

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from jasmin_credits.localgateway import wait_until
 from tests.e2e.credits_support import Books
-from tests.faults.support import ESME_ROK, Load, check_books, credits_gateway, settlement, summary
+from tests.faults.support import (
+    ESME_ROK,
+    check_books,
+    credits_gateway,
+    restart_under_load,
+    settlement,
+    summary,
+)
 
 
 def test_interceptord_killed_and_restarted_under_load():
@@ -12,17 +18,7 @@ def test_interceptord_killed_and_restarted_under_load():
     overrides = {**settlement(), "charging": {"mode": "interceptor-pb"}}
     with credits_gateway("interceptord", overrides, interceptord=True) as gateway:
         start = Books(gateway).wallet("alice").balance
-        load = Load(gateway)
-        load.start()
-        try:
-            load.wait_sent(300)
-            gateway.restart_child("interceptord", kill=True)
-            killed_at = len(load.result.sent)
-            wait_until(lambda: any(s.status == ESME_ROK for s in load.result.sent[killed_at:]),
-                       90, message="accepted again after the restart")
-            load.wait_sent(300)
-        finally:
-            result = load.finish()
+        result = restart_under_load(gateway, "interceptord")
         books = Books(gateway)
         books_now = check_books(gateway, books, result, start, told_ok_all_sent=False)
         counts = summary(result, books_now)

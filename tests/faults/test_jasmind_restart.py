@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from jasmin_credits.localgateway import wait_until
 from tests.e2e.credits_support import Books
-from tests.faults.support import ESME_ROK, Load, check_books, credits_gateway, summary
+from tests.faults.support import check_books, credits_gateway, restart_under_load, summary
 
 
 def test_launcher_killed_and_restarted_under_load():
@@ -13,18 +12,7 @@ def test_launcher_killed_and_restarted_under_load():
         with gateway.jcli() as jcli:
             jcli.run("persist")  # jasmind reloads users, connector, routes at start
         start = Books(gateway).wallet("alice").balance
-        load = Load(gateway)
-        load.start()
-        try:
-            load.wait_sent(300)
-            gateway.restart_child("jasmind", kill=True)
-            gateway.wait_connector_bound("smsc")
-            killed_at = len(load.result.sent)
-            wait_until(lambda: any(s.status == ESME_ROK for s in load.result.sent[killed_at:]),
-                       90, message="accepted again after the restart")
-            load.wait_sent(300)
-        finally:
-            result = load.finish()
+        result = restart_under_load(gateway, "jasmind")
         books = Books(gateway)
         books_now = check_books(gateway, books, result, start, told_ok_all_sent=False)
         counts = summary(result, books_now)
