@@ -137,6 +137,14 @@ class CreditsRuntime:
             log.error("credit store unavailable at start: %s", error)
         from .services import CardReloadListener, start_plans_and_events, start_settlement
 
+        if self.role == "gateway" and self.config.settlement.enabled:
+            # Before Jasmin takes traffic: its events only reach queues that exist.
+            from .settlement import QueueNames, declare_queues
+
+            await declare_queues(self.config.amqp,
+                                 QueueNames.with_prefix(self.config.settlement.queue_prefix),
+                                 reactor=self.reactor, clock=self.reactor)
+
         self.services = [CardReloadListener(self)]
         if self.reconciler is not None:
             self.reconciler.start()

@@ -355,6 +355,38 @@ class QueueNames:
 Handler = Callable[[bytes, Mapping[str, Any]], Awaitable[Outcome]]
 
 
+def bindings(queues: QueueNames) -> list[tuple[str, tuple[str, ...]]]:
+    """Our queues and the routing keys each is bound to on ``messaging``."""
+    return [(queues.submit_sm, SUBMIT_SM_KEYS), (queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS),
+            (queues.deliver_sm, DELIVER_SM_KEYS)]
+
+
+async def declare_queues(settings: AmqpSettings, queues: QueueNames, *,
+                         reactor: IReactorTCP | None = None,
+                         clock: IReactorTime | None = None) -> bool:
+    """Declare our durable queues and their bindings once, and wait for it.
+
+    A gateway does this before Jasmin takes traffic: events Jasmin publishes on its
+    non-durable exchange before our queues exist are lost to settlement (the first seconds
+    after a first install, or while a separate settlement process starts). Answers False
+    (after logging) when the broker does not answer within ``settings.connect_timeout``.
+    """
+    async def declare(client: Any, channel: Any) -> None:
+        for queue, keys in bindings(queues):
+            await declare_bound_queue(channel, queue, keys)
+
+    connection = AmqpConnection(settings, declare, reactor=reactor, clock=clock)
+    connection.start()
+    try:
+        await connection.when_ready().addTimeout(settings.connect_timeout, connection.clock)
+        return True
+    except Exception as error:  # noqa: BLE001 - start anyway; the consumer retries
+        log.warning("could not declare settlement queues at start: %s", error)
+        return False
+    finally:
+        await connection.shutdown()
+
+
 class SettlementConsumer:
     """Consumes ``submit.sm.*``, ``dlr.submit_sm_resp`` and ``dlr.deliver_sm`` from
     ``messaging`` through our own durable queues and feeds them to a :class:`Settlement`.
@@ -391,11 +423,9 @@ class SettlementConsumer:
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
         s = self.settlement
-        return [
-            (self.queues.submit_sm, SUBMIT_SM_KEYS, s.submit_sm),
-            (self.queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS, s.submit_sm_resp),
-            (self.queues.deliver_sm, DELIVER_SM_KEYS, s.deliver_sm),
-        ]
+        handlers = (s.submit_sm, s.submit_sm_resp, s.deliver_sm)
+        return [(queue, keys, handler)
+                for (queue, keys), handler in zip(bindings(self.queues), handlers, strict=True)]
 
     def start(self) -> Deferred:
         """Start consuming; the Deferred fires once the first connection consumes (or at

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import replace
 
 import pytest
 from jasmin.managers.content import DLR, SubmitSmContent
@@ -17,6 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from jasmin_credits.amqp import AmqpConnection, declare_exchange
+from jasmin_credits.devservices import free_port
 from jasmin_credits.errors import StoreUnavailable
 from jasmin_credits.settlement import (
     PDU_ATTRIBUTE,
@@ -24,6 +26,7 @@ from jasmin_credits.settlement import (
     QueueNames,
     Settlement,
     SettlementConsumer,
+    declare_queues,
     load_submit_sm,
     read_tag,
     tag_pdu,
@@ -431,6 +434,27 @@ class ConsumerTests(TestCase):
         async def check():
             return await money(store) == expected
         return check
+
+    async def test_queues_declared_at_start_keep_events_until_a_consumer_comes(self):
+        """declare_queues (run by a gateway at start) makes our queues catch Jasmin's
+        events before any settlement consumer runs."""
+        names = QueueNames.with_prefix(f"jasmin_credits.d{id(self):x}")
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        self.assertTrue(await declare_queues(self.amqp_settings, names))
+        conn = await self.publisher()
+        await self.publish(conn, "submit.sm.smsc", submit_sm(UID, "1-a"))
+        await self.publish(conn, "dlr.submit_sm_resp", resp("m-1", "ESME_ROK"))
+        channel = await conn.when_ready()
+        for queue in (names.submit_sm, names.submit_sm_resp):
+            async def one_waiting(queue=queue):
+                reply = await channel.queue_declare(queue=queue, passive=True)
+                return reply.message_count == 1
+            await eventually(one_waiting, what=f"one message waiting in {queue}")
+
+    async def test_declare_queues_gives_up_without_a_broker(self):
+        """No broker: declare_queues answers False within its timeout instead of hanging."""
+        settings = replace(self.amqp_settings, port=free_port(), connect_timeout=1.0)
+        self.assertFalse(await declare_queues(settings, QueueNames.with_prefix("jc.none")))
 
     async def test_jasmin_events_settle_the_wallet(self):
         """submit.sm and dlr.submit_sm_resp published as Jasmin does charge through the
