@@ -20,6 +20,7 @@ from smpp.pdu.constants import command_status_name_map
 
 from .amqp import AmqpSettings
 from .errors import ConfigError, Refusal
+from .events_out import WebhookSettings
 from .store import StoreSettings
 
 ENV_VAR = "JASMIN_CREDITS_CONFIG"
@@ -81,22 +82,13 @@ class SettlementConfig:
 
 
 @dataclass(frozen=True)
-class WebhookConfig:
-    url: str
-    secret: str | None = None
-    timeout: float = 5.0
-    retries: int = 5
-    backoff: float = 1.0
-
-
-@dataclass(frozen=True)
 class EventsConfig:
     """Event delivery from the outbox (see jasmin_credits.events_out)."""
 
     enabled: bool = True
     amqp: bool = True
     exchange: str = "credits"
-    webhook: WebhookConfig | None = None
+    webhook: WebhookSettings | None = None
     interval: float = 1.0
     claim_idle: float = 60.0
 
@@ -275,7 +267,7 @@ def _events(e: _Section) -> EventsConfig:
         url = h.string("url", None)
         if url is None or not url.startswith(("http://", "https://")):
             raise h.error("url", f"must be an http:// or https:// URL, got {url!r}")
-        webhook = WebhookConfig(
+        webhook = WebhookSettings(
             url=url, secret=h.string("secret", None), timeout=h.seconds("timeout", 5.0),
             retries=h.integer("retries", 5, 0, 100), backoff=h.seconds("backoff", 1.0),
         )

@@ -106,7 +106,7 @@ async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
 
 def start_plans_and_events(runtime: CreditsRuntime) -> list[Any]:
     """Start the plan scheduler and the event publisher (as configured); return them."""
-    from .events_out import AmqpSink, EventPublisher, WebhookSettings, WebhookSink
+    from .events_out import AmqpSink, EventPublisher, WebhookSink
     from .metrics import NO_METRICS
     from .plans import PlanScheduler
 
@@ -124,11 +124,8 @@ def start_plans_and_events(runtime: CreditsRuntime) -> list[Any]:
         sinks.append(AmqpSink(config.amqp, exchange=e.exchange, reactor=runtime.reactor,
                               clock=runtime.reactor))
     if e.enabled and e.webhook is not None:
-        w = e.webhook
         sinks.append(WebhookSink(
-            WebhookSettings(url=w.url, secret=w.secret, timeout=w.timeout, retries=w.retries,
-                            backoff=w.backoff),
-            reactor=runtime.reactor, clock=runtime.reactor))
+            e.webhook, reactor=runtime.reactor, clock=runtime.reactor))
     if sinks:
         publisher = EventPublisher(runtime.store, sinks, clock=runtime.reactor,
                                    interval=e.interval, claim_idle=e.claim_idle,
