@@ -94,7 +94,7 @@ async def latency(store: CreditStore, rate: int, seconds: float) -> list[float]:
 
 async def main(args) -> None:
     rundir = Path(tempfile.mkdtemp(prefix="jc-bench-"))
-    server = RedisServer(rundir).start()
+    server = RedisServer(rundir, appendonly=not args.no_aof).start()
     try:
         pool = await connection_pool(reactor, "127.0.0.1", server.port,
                                      poolsize=args.poolsize, lazy=False)
@@ -118,8 +118,10 @@ async def main(args) -> None:
     evalsha = re.search(r"cmdstat_evalsha:calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)",
                         stats)
     if evalsha:
+        operations = 2 * (2000 + args.pairs + len(samples)) + 1
         print(f"inside Redis: {evalsha.group(1)} EVALSHA (batches), "
-              f"{float(evalsha.group(3)):.1f} us per call")
+              f"{float(evalsha.group(3)):.1f} us per call, "
+              f"{int(evalsha.group(2)) / operations:.1f} us per operation")
     print(f"redis-benchmark EVAL (comparable script, -c 50): {raw:,.0f} calls/s")
     print(f"ratio: our Lua calls/s / raw EVAL calls/s = {2 * rate / raw:.2f}")
 
@@ -131,6 +133,8 @@ def cli() -> None:
     parser.add_argument("--poolsize", type=int, default=8)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--no-aof", action="store_true",
+                        help="run redis-server without its append-only file")
     args = parser.parse_args()
     task.react(lambda _r: defer.Deferred.fromCoroutine(main(args)))
 

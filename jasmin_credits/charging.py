@@ -8,8 +8,9 @@ interceptord). Parts are counted as Jasmin will send them:
   message (UDH or SAR). Then the first part that arrives holds credits for every part, so a
   long message is refused whole instead of half sent; later parts claim that reservation.
 
-The reservation ref travels on the PDU (see :mod:`jasmin_credits.settlement`) into
-Jasmin's queue, where settlement links it to the message id.
+The reservation ref travels on the PDU (see :mod:`jasmin_credits.settlement`) to Jasmin's
+queueing step, where our launcher links it to the message id (:mod:`jasmin_credits.linking`),
+or, with ``settlement.link: events``, into Jasmin's queue, where settlement links it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ and what is wrong; nothing starts with a half-valid configuration. See README.md
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,9 @@ class Status:
 class SettlementConfig:
     enabled: bool = True
     process: str = "gateway"
+    link: str = "queueing"
+    """``queueing`` (our launcher links each hold as Jasmin queues the message) or
+    ``events`` (settlement links from the ``submit.sm.*`` events); see config/credits.yaml."""
     queue_prefix: str = "jasmin_credits"
     unqueued_timeout: float = 600.0
     unanswered_timeout: float = 86_400.0
@@ -340,6 +343,11 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         log_retention=timedelta(days=ret.integer("log_days", 400, 1, 100_000)),
         events_retention=timedelta(days=ret.integer("events_days", 90, 1, 100_000)),
     )
+    # A settled reservation and its message links stay this long for late refunds (a DLR,
+    # an operator); each message costs a few hundred bytes of Redis memory for that time.
+    reservation_days = ret.integer("reservation_days", 8, 1, 365)
+    store = replace(store, reservation_ttl=timedelta(days=reservation_days),
+                    message_link_ttl=timedelta(days=reservation_days))
     ret.finish()
 
     w = top.section("wallets")
@@ -379,6 +387,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     settlement = SettlementConfig(
         enabled=s.boolean("enabled", True),
         process=s.string("process", "gateway", ("gateway", "child", "separate")),
+        link=s.string("link", "events" if charging_mode == "interceptor-pb" else "queueing",
+                      ("queueing", "events")),
         queue_prefix=s.string("queue_prefix", "jasmin_credits"),
         unqueued_timeout=s.seconds("unqueued_timeout", 600.0),
         unanswered_timeout=s.seconds("unanswered_timeout", 86_400.0),
@@ -389,6 +399,12 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     )
     if settlement.unanswered_timeout <= settlement.unqueued_timeout:
         raise s.error("unanswered_timeout", "must be longer than unqueued_timeout")
+    if settlement.unanswered_timeout >= store.reservation_ttl.total_seconds():
+        raise s.error("unanswered_timeout", "must be shorter than retention.reservation_days "
+                      "(a reservation must outlive its settlement)")
+    if settlement.link == "queueing" and charging_mode == "interceptor-pb":
+        raise s.error("link", "queueing needs charging.mode in-process or pre-routing (our "
+                      "launcher links as Jasmin queues); with interceptor-pb use events")
     s.finish()
     events = _events(top.section("events"))
     plans = _plans(top.section("plans"))

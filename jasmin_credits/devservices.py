@@ -273,9 +273,30 @@ class RabbitMQServer:
             pass
         self.process.wait()
 
+    def bindings(self) -> set[tuple[str, str, str]]:
+        """``(exchange, queue, routing key)`` of every binding on vhost ``/``
+        (``rabbitmqctl list_bindings``; the default exchange's have an empty name)."""
+        done = self._ctl("list_bindings", "-q", "--no-table-headers", "source_name",
+                         "destination_name", "routing_key", timeout=30)
+        if done.returncode != 0:
+            return set()
+        found = set()
+        for line in done.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3:
+                found.add((parts[0], parts[1], parts[2]))
+        return found
+
     def queue_consumers(self) -> dict[str, int]:
         """Queue name → number of consumers, on vhost ``/`` (``rabbitmqctl list_queues``)."""
-        done = self._ctl("list_queues", "-q", "--no-table-headers", "name", "consumers",
+        return self._queue_column("consumers")
+
+    def queue_messages(self) -> dict[str, int]:
+        """Queue name → messages in it, ready or unacknowledged, on vhost ``/``."""
+        return self._queue_column("messages")
+
+    def _queue_column(self, column: str) -> dict[str, int]:
+        done = self._ctl("list_queues", "-q", "--no-table-headers", "name", column,
                          timeout=30)
         if done.returncode != 0:
             return {}

@@ -13,6 +13,7 @@ starts with the configured prefix (default ``jc``), so the two never collide.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 _UID = re.compile(r"^[^\s{}:]{1,64}$")
 
@@ -25,6 +26,28 @@ def check_uid(uid: str) -> str:
     if not isinstance(uid, str) or not _UID.match(uid):
         raise ValueError(f"invalid user id {uid!r}: 1-64 characters, no spaces, braces or colons")
     return uid
+
+
+class UserKeys(NamedTuple):
+    """The keys of one user that every charging operation names (see :meth:`Keys.of`)."""
+
+    wallet: str
+    events: str
+    log: str
+    open: str
+    reservation_prefix: str
+    concat_prefix: str
+
+    def reservation(self, ref: str) -> str:
+        return self.reservation_prefix + ref
+
+    def concat(self, concat_id: str) -> str:
+        return self.concat_prefix + concat_id
+
+
+# Users whose key bundles Keys.of keeps; beyond that the cache starts again (gateways
+# serve far fewer active users; the bound only keeps a key scan from growing memory).
+_USER_CACHE_SIZE = 50_000
 
 
 class Keys:
@@ -44,6 +67,18 @@ class Keys:
         """Pub/sub channel telling every gateway to re-read rate cards."""
         self.outbox = f"{prefix}:outbox"
         """Stream of every user's events, read by the event publisher (AMQP, webhooks)."""
+        self._users: dict[str, UserKeys] = {}
+
+    def of(self, uid: str) -> UserKeys:
+        """The per-message keys of ``uid``, built once (charging names them per message)."""
+        found = self._users.get(uid)
+        if found is None:
+            if len(self._users) >= _USER_CACHE_SIZE:
+                self._users.clear()
+            found = self._users[uid] = UserKeys(
+                self.wallet(uid), self.events(uid), self.log(uid),
+                self.open(uid), self.reservation(uid, ""), self.concat(uid, ""))
+        return found
 
     def user(self, uid: str) -> str:
         """The common start of every key of ``uid``."""
@@ -59,10 +94,6 @@ class Keys:
     def events(self, uid: str) -> str:
         """Stream: the events log (top-ups, limits, low balance, refunds, plan runs)."""
         return f"{self.user(uid)}:events"
-
-    def usage(self, uid: str, period_id: str) -> str:
-        """Hash ``credits``/``msgs`` used in one calendar period (expires after it)."""
-        return f"{self.user(uid)}:use:{period_id}"
 
     def reservation(self, uid: str, ref: str) -> str:
         return f"{self.user(uid)}:res:{ref}"

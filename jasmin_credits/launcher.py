@@ -53,11 +53,13 @@ class CreditsJasminDaemon(JasminDaemon):
 
     ``runtime`` (optional) must provide ``start()`` and ``stop()`` returning Deferreds,
     ``in_process`` (bool), ``make_interceptor_client()``, ``install_jcli(factory)`` and
-    ``install_http(http_api_resource)``. Hook order in :meth:`start`: Jasmin corrections,
-    ``runtime.start()`` (a failure stops the daemon with exit code 1), then jasmind's own
-    start, during which the in-process interceptor client replaces Jasmin's PB client (and is
-    handed by jasmind to the SMPP server factory, the HTTP API and the SMPP client manager),
-    and ``install_jcli``/``install_http`` run right after their factories are built.
+    ``install_http(http_api_resource)``; optionally ``install_router(router_pb)`` and, in
+    process only, ``install_client_manager(smppcm_pb)``. Hook order in :meth:`start`: Jasmin
+    corrections, ``runtime.start()`` (a failure stops the daemon with exit code 1), then
+    jasmind's own start, during which the in-process interceptor client replaces Jasmin's PB
+    client (and is handed by jasmind to the SMPP server factory, the HTTP API and the SMPP
+    client manager), and ``install_router``, ``install_client_manager``, ``install_http`` and
+    ``install_jcli`` run right after their objects are built.
     ``runtime.stop()`` runs before reactor shutdown, after jasmind stopped its services.
     With ``charging.mode: pre-routing`` the SMPP server and ``/send`` charge through
     :mod:`jasmin_credits.interceptors.prehook` instead of the interceptor client.
@@ -127,6 +129,19 @@ class CreditsJasminDaemon(JasminDaemon):
             disconnect = getattr(client, "disconnect", None)
             return disconnect() if disconnect is not None else None
         return super().stopInterceptorPBClient()
+
+    def startSMPPClientManagerPBService(self) -> Any:  # noqa: N802 - jasmind API
+        """jasmind's SMPP client manager, then ``runtime.install_client_manager(manager)``.
+
+        Before the SMPP server and the HTTP API start: both call the manager's
+        ``perspective_submit_sm``, which the runtime wraps to link holds as Jasmin queues
+        their messages (``settlement.link: queueing``).
+        """
+        result = super().startSMPPClientManagerPBService()
+        install = getattr(self.runtime, "install_client_manager", None)
+        if install is not None and self._in_process():
+            install(self.components["smppcm-pb-factory"])
+        return result
 
     def startRouterPBService(self) -> Any:  # noqa: N802 - jasmind API
         """jasmind's router, then ``runtime.install_router(router_pb)`` if it has one.

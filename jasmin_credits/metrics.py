@@ -21,6 +21,8 @@ Metrics (all names start with ``jasmin_credits_``):
 ``plan_runs_total{kind}``                   counter    applied plan runs (scheduled, threshold)
 ``events_published_total{sink}``            counter    outbox events delivered (amqp, webhook)
 ``events_failed_total{sink}``               counter    deliveries given up after retries
+``link_retries_total``                      counter    links at queueing time retried (Redis)
+``links_given_up_total``                    counter    holds left unlinked after every retry
 ==========================================  =========  =====================================
 
 Counters count what this process did since it started (each gateway exposes its own;
@@ -201,6 +203,12 @@ class NoMetrics:
     def event_failed(self, sink: str) -> None:
         pass
 
+    def link_retried(self) -> None:
+        pass
+
+    def link_given_up(self) -> None:
+        pass
+
     def observe_store_call(self, seconds: float) -> None:
         pass
 
@@ -237,6 +245,12 @@ class CreditMetrics(NoMetrics):
                                    "Outbox events delivered, by sink.", ("sink",))
         self.failed = r.counter(p + "events_failed_total",
                                 "Outbox event deliveries given up, by sink.", ("sink",))
+        self.link_retries = r.counter(
+            p + "link_retries_total",
+            "Links of a hold to its message id at queueing time retried (store unavailable).")
+        self.links_given_up = r.counter(
+            p + "links_given_up_total",
+            "Holds left unlinked to their message id after every retry (not charged).")
         self._store: Any = None
 
     # -- hooks --------------------------------------------------------------------------
@@ -260,6 +274,12 @@ class CreditMetrics(NoMetrics):
 
     def event_failed(self, sink: str) -> None:
         self.failed.inc(sink)
+
+    def link_retried(self) -> None:
+        self.link_retries.inc()
+
+    def link_given_up(self) -> None:
+        self.links_given_up.inc()
 
     def observe_store_call(self, seconds: float) -> None:
         self.store_calls.observe(seconds)

@@ -143,6 +143,7 @@ class CreditsRuntime:
 
             await declare_queues(self.config.amqp,
                                  QueueNames.with_prefix(self.config.settlement.queue_prefix),
+                                 link_from_events=self.config.settlement.link == "events",
                                  reactor=self.reactor, clock=self.reactor)
 
         self.services = [CardReloadListener(self)]
@@ -191,6 +192,26 @@ class CreditsRuntime:
         if self.charger is None:
             raise RuntimeError("start() the runtime before building the interceptor client")
         return InProcessInterceptor(self.charger, self.config)
+
+    def install_client_manager(self, client_manager: Any) -> Any:
+        """With ``settlement.link: queueing``, link each hold as Jasmin queues its message.
+
+        ``client_manager`` is jasmind's ``SMPPClientManagerPB`` (its ``perspective_submit_sm``
+        is wrapped, see :mod:`jasmin_credits.linking`). Answers the linker (stopped with the
+        runtime), or None when links come from ``submit.sm.*`` events.
+        """
+        if self.config.settlement.link != "queueing" or not self.in_process:
+            return None
+        if self.store is None:
+            raise RuntimeError("start() the runtime before installing the linker")
+        from .linking import QueueingLinker, install
+
+        linker = QueueingLinker(
+            self.store, clock=self.reactor, metrics=self.metrics,
+            give_up_after=self.config.store.pending_outcome_ttl.total_seconds())
+        install(client_manager, linker)
+        self.services.append(linker)
+        return linker
 
     def install_router(self, router_pb: Any) -> None:
         """Give messages no interceptor matches a pass-through one (``ensure_interceptor``)."""

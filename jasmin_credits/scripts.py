@@ -7,6 +7,11 @@ their results. Redis runs a script atomically, so each operation inside a batch 
 atomic as when it runs alone; the batch only saves round trips and, above all, the
 client's per-command cost, which dominates at high rates (see docs/benchmarks.md).
 
+Settings the hot-path operations need on every call (retentions, times to live) are
+compiled into the script source as Lua constants (``constants``), rather than sent as
+arguments of every call: a store with other settings simply runs scripts with another
+SHA.
+
 Calls use EVALSHA with the digest computed once; a server that lost its script cache
 (restart, SCRIPT FLUSH) answers NOSCRIPT and the script is loaded again, transparently.
 """
@@ -14,6 +19,7 @@ Calls use EVALSHA with the digest computed once; a server that lost its script c
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any, Protocol
 
@@ -57,6 +63,23 @@ def _read(name: str) -> str:
     return resources.files("jasmin_credits").joinpath("lua").joinpath(name).read_text("utf-8")
 
 
+def _prelude(constants: Mapping[str, int | str] | None) -> str:
+    lines = []
+    for name, value in sorted((constants or {}).items()):
+        if not name.isidentifier() or not name.isupper():
+            raise ValueError(f"bad Lua constant name {name!r}")
+        lines.append(f"local {name} = {_lua_literal(value)}\n")
+    return f"{''.join(lines)}{_read('_lib.lua')}\nlocal ops = {{}}\n"
+
+
+def _lua_literal(value: int | str) -> str:
+    if isinstance(value, int):
+        return f"{value:d}"
+    if any(c in value for c in "\\'\n\r\0"):
+        raise ValueError(f"Lua string constant {value!r} holds a quote or control character")
+    return f"'{value}'"
+
+
 def _function(name: str) -> str:
     return f"ops['{name}'] = function(KEYS, ARGV)\n{_read(name + '.lua')}\nend\n"
 
@@ -70,16 +93,16 @@ class Script:
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
     @classmethod
-    def operation(cls, name: str) -> Script:
+    def operation(cls, name: str, constants: Mapping[str, int | str] | None = None) -> Script:
         """One operation alone."""
-        return cls(name, f"{_read('_lib.lua')}\nlocal ops = {{}}\n{_function(name)}"
+        return cls(name, f"{_prelude(constants)}{_function(name)}"
                          f"return ops['{name}'](KEYS, ARGV)\n")
 
     @classmethod
-    def batch(cls) -> Script:
+    def batch(cls, constants: Mapping[str, int | str] | None = None) -> Script:
         """Every operation, and a loop running a list of them."""
         functions = "".join(_function(name) for name in NAMES)
-        return cls("batch", f"{_read('_lib.lua')}\nlocal ops = {{}}\n{functions}{_BATCH_LOOP}")
+        return cls("batch", f"{_prelude(constants)}{functions}{_BATCH_LOOP}")
 
     def __call__(self, redis: RedisClient, keys: list[str], args: list[Any]) -> Deferred:
         """Run the script: EVALSHA, and on NOSCRIPT load it and run it again."""
@@ -121,15 +144,16 @@ class Scripts:
     """
 
     def __init__(self, redis: RedisClient, clock: IReactorTime, timeout: float,
-                 batch: bool = True, max_batch: int = 32, max_in_flight: int = 2):
+                 batch: bool = True, max_batch: int = 32, max_in_flight: int = 2,
+                 constants: Mapping[str, int | str] | None = None):
         self.redis = redis
         self.clock = clock
         self.timeout = timeout
         self.batching = batch
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
-        self.single = {name: Script.operation(name) for name in NAMES}
-        self.batch = Script.batch()
+        self.single = {name: Script.operation(name, constants) for name in NAMES}
+        self.batch = Script.batch(constants)
         self._pending: list[tuple[str, list[str], list[Any], Deferred]] = []
         self._in_flight = 0
 

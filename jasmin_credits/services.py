@@ -91,6 +91,7 @@ async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
         settlement,
         config.amqp,
         queues=QueueNames.with_prefix(s.queue_prefix),
+        link_from_events=s.link == "events",
         reactor=runtime.reactor,
         clock=runtime.reactor,
     )

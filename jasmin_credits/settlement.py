@@ -5,8 +5,10 @@ A reservation travels with the message: the charging step sets ``pdu.jasmin_cred
 ``submit.sm.<cid>`` message, and :class:`Settlement` reads it back there:
 
 - ``submit.sm.*`` (property ``message-id`` = Jasmin msgid, body = pickled SubmitSM): a tagged
-  PDU links ``parts`` parts of its reservation to the msgid (``store.link``). Untagged
-  messages (users without a wallet, pass policies) are not ours.
+  PDU links ``parts`` parts of its reservation to the msgid (``store.link``, through
+  :func:`link_tagged`). Untagged messages (users without a wallet, pass policies) are not
+  ours. Only with ``settlement.link: events``: by default our launcher links each message
+  as Jasmin queues it (:mod:`jasmin_credits.linking`), and nothing consumes this event.
 - ``dlr.submit_sm_resp`` (body = status name): ``ESME_ROK`` commits, an error refunds.
   Jasmin publishes this event for *every* response, including errors it will retry
   (``[sm-listener] submit_error_retrial``), and says nothing about which attempt it was:
@@ -46,10 +48,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from txamqp.client import ChannelClosed
 from txamqp.client import Closed as ClientClosed
 from txamqp.queue import Closed as QueueClosed
 
-from .amqp import QUEUE_PREFIX, AmqpConnection, AmqpSettings, declare_bound_queue
+from .amqp import EXCHANGE, QUEUE_PREFIX, AmqpConnection, AmqpSettings, declare_bound_queue
 from .errors import StoreUnavailable
 from .keys import check_uid
 from .store import CreditStore, created_ms
@@ -186,6 +189,24 @@ def _status(body: Any) -> str:
     return status
 
 
+async def link_tagged(store: CreditStore, msgid: str, pdu: Any) -> Outcome:
+    """Link the reservation a tagged SubmitSM (the head of its chain) carries to ``msgid``.
+
+    The one linking step, shared by the ``submit.sm.*`` consumer and by the launcher's link at
+    queueing time (:mod:`jasmin_credits.linking`). ``IGNORED`` for an untagged PDU, else
+    ``SETTLED`` (a reservation that is gone is logged); ValueError for a malformed tag,
+    :class:`StoreUnavailable` when Redis is unavailable. Idempotent on ``msgid``.
+    """
+    tag = read_tag(pdu)
+    if tag is None:
+        return Outcome.IGNORED
+    settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"])
+    if not settled.found:
+        log.warning("submit.sm %s: reservation %s of %s is gone (expired or wallet "
+                    "removed): not linked", msgid, tag["ref"], tag["uid"])
+    return Outcome.SETTLED
+
+
 class Settlement:
     """Turns Jasmin's events into store calls. Every handler is a coroutine taking the raw
     AMQP ``body`` (bytes) and ``properties`` (with ``message-id`` and ``headers``).
@@ -259,15 +280,7 @@ class Settlement:
         return await self._guard("submit.sm", self._submit_sm(body, properties))
 
     async def _submit_sm(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
-        msgid = _message_id(properties)
-        tag = read_tag(load_submit_sm(body))
-        if tag is None:
-            return Outcome.IGNORED
-        settled = await self.store.link(tag["uid"], tag["ref"], msgid, tag["parts"])
-        if not settled.found:
-            log.warning("submit.sm %s: reservation %s of %s is gone (expired or wallet "
-                        "removed): not linked", msgid, tag["ref"], tag["uid"])
-        return Outcome.SETTLED
+        return await link_tagged(self.store, _message_id(properties), load_submit_sm(body))
 
     # dlr.submit_sm_resp
 
@@ -355,24 +368,60 @@ class QueueNames:
 Handler = Callable[[bytes, Mapping[str, Any]], Awaitable[Outcome]]
 
 
-def bindings(queues: QueueNames) -> list[tuple[str, tuple[str, ...]]]:
-    """Our queues and the routing keys each is bound to on ``messaging``."""
-    return [(queues.submit_sm, SUBMIT_SM_KEYS), (queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS),
-            (queues.deliver_sm, DELIVER_SM_KEYS)]
+def bindings(queues: QueueNames, *, link_from_events: bool = True
+             ) -> list[tuple[str, tuple[str, ...]]]:
+    """Our queues and the routing keys each is bound to on ``messaging``.
+
+    Without ``link_from_events`` (``settlement.link: queueing``: the gateway links as Jasmin
+    queues) there is no ``submit_sm`` queue: nobody needs a copy of every PDU.
+    """
+    found = [(queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS), (queues.deliver_sm, DELIVER_SM_KEYS)]
+    if link_from_events:
+        found.insert(0, (queues.submit_sm, SUBMIT_SM_KEYS))
+    return found
+
+
+async def retire_queue(client: Any, queue: str, routing_keys: Iterable[str],
+                       channel_id: int = 2) -> int | None:
+    """Unbind our durable ``queue`` from ``messaging`` if it exists; answer how many messages
+    it still holds (None: no such queue).
+
+    Used for the ``submit_sm`` queue under ``settlement.link: queueing``: left bound after a
+    switch from ``events``, it would collect a copy of every message with nobody reading
+    it. The queue itself stays (a settlement process still on ``events`` may be reading
+    it; delete it by hand once empty). Runs on a channel of its own (``channel_id``): asking
+    for a queue that does not exist makes the broker close the channel it was asked on.
+    """
+    channel = await client.channel(channel_id)
+    await channel.channel_open()
+    try:
+        reply = await channel.queue_declare(queue=queue, passive=True)
+    except ChannelClosed as error:
+        if getattr(error.args[0] if error.args else None, "reply_code", None) != 404:
+            raise
+        return None  # NOT_FOUND (the broker closed this channel)
+    for key in routing_keys:
+        await channel.queue_unbind(queue=queue, exchange=EXCHANGE, routing_key=key)
+    await channel.channel_close()
+    return int(reply.message_count)
 
 
 async def declare_queues(settings: AmqpSettings, queues: QueueNames, *,
+                         link_from_events: bool = True,
                          reactor: IReactorTCP | None = None,
                          clock: IReactorTime | None = None) -> bool:
     """Declare our durable queues and their bindings once, and wait for it.
 
     A gateway does this before Jasmin takes traffic: events Jasmin publishes on its
     non-durable exchange before our queues exist are lost to settlement (the first seconds
-    after a first install, or while a separate settlement process starts). Answers False
-    (after logging) when the broker does not answer within ``settings.connect_timeout``.
+    after a first install, or while a separate settlement process starts). Without
+    ``link_from_events`` the ``submit_sm`` queue is not declared; one an earlier configuration
+    left is the settlement consumer's to retire (it reads the same config, and a consumer
+    still on ``events`` elsewhere keeps it). Answers False (after logging) when the broker
+    does not answer within ``settings.connect_timeout``.
     """
     async def declare(client: Any, channel: Any) -> None:
-        for queue, keys in bindings(queues):
+        for queue, keys in bindings(queues, link_from_events=link_from_events):
             await declare_bound_queue(channel, queue, keys)
 
     connection = AmqpConnection(settings, declare, reactor=reactor, clock=clock)
@@ -391,6 +440,11 @@ class SettlementConsumer:
     """Consumes ``submit.sm.*``, ``dlr.submit_sm_resp`` and ``dlr.deliver_sm`` from
     ``messaging`` through our own durable queues and feeds them to a :class:`Settlement`.
 
+    Without ``link_from_events`` (``settlement.link: queueing``) it neither binds nor
+    consumes ``submit.sm.*``: at each connection it unbinds a ``submit_sm`` queue an earlier
+    configuration left (:func:`retire_queue`) and, if events wait there, links them (a
+    message linked twice is linked once), so a switch from ``events`` loses none.
+
     Acks after the handler returned; on :class:`StoreUnavailable` rejects with requeue after
     ``requeue_delay`` seconds (the message stays unacked meanwhile, so ``prefetch`` also
     bounds the retry rate); on anything else logs and acks. Up to ``prefetch`` messages per
@@ -405,11 +459,13 @@ class SettlementConsumer:
         queues: QueueNames | None = None,
         prefetch: int = 50,
         requeue_delay: float = 5.0,
+        link_from_events: bool = True,
         reactor: IReactorTCP | None = None,
         clock: IReactorTime | None = None,
     ):
         self.settlement = settlement
         self.queues = queues or QueueNames()
+        self.link_from_events = link_from_events
         self.prefetch = prefetch
         self.requeue_delay = requeue_delay
         self.connection = AmqpConnection(amqp, self._on_ready, reactor=reactor, clock=clock)
@@ -423,9 +479,12 @@ class SettlementConsumer:
 
     def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
         s = self.settlement
-        handlers = (s.submit_sm, s.submit_sm_resp, s.deliver_sm)
-        return [(queue, keys, handler)
-                for (queue, keys), handler in zip(bindings(self.queues), handlers, strict=True)]
+        handlers = {self.queues.submit_sm: s.submit_sm,
+                    self.queues.submit_sm_resp: s.submit_sm_resp,
+                    self.queues.deliver_sm: s.deliver_sm}
+        return [(queue, keys, handlers[queue])
+                for queue, keys in bindings(self.queues,
+                                            link_from_events=self.link_from_events)]
 
     def start(self) -> Deferred:
         """Start consuming; the Deferred fires once the first connection consumes (or at
@@ -456,9 +515,17 @@ class SettlementConsumer:
 
     async def _on_ready(self, client: Any, channel: Any) -> None:
         await channel.basic_qos(prefetch_count=self.prefetch)
-        for queue, keys, _ in self._routes():
+        routes = self._routes()
+        for queue, keys, _ in routes:
             await declare_bound_queue(channel, queue, keys)
-        for queue, _, handler in self._routes():
+        if not self.link_from_events:
+            left = await retire_queue(client, self.queues.submit_sm, SUBMIT_SM_KEYS)
+            if left:
+                log.warning("%s holds %d submit.sm events from settlement.link: events: "
+                            "linking them; the queue is unbound (delete it once empty)",
+                            self.queues.submit_sm, left)
+                routes.append((self.queues.submit_sm, (), self.settlement.submit_sm))
+        for queue, _, handler in routes:
             tag = f"{queue}.{uuid.uuid4().hex[:12]}"
             await channel.basic_consume(queue=queue, no_ack=False, consumer_tag=tag)
             incoming = await client.queue(tag)
@@ -520,5 +587,6 @@ class SettlementConsumer:
 __all__ = [
     "DELIVER_SM_KEYS", "JASMIN_RETRY_STATUSES", "PDU_ATTRIBUTE", "SUBMIT_SM_KEYS",
     "SUBMIT_SM_RESP_KEYS", "Malformed", "Outcome", "QueueNames", "Settlement",
-    "SettlementConsumer", "load_submit_sm", "read_tag", "tag_pdu",
+    "SettlementConsumer", "bindings", "declare_queues", "link_tagged", "load_submit_sm",
+    "read_tag", "retire_queue", "tag_pdu",
 ]

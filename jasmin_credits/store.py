@@ -22,6 +22,7 @@ Time comes from the injected ``clock`` (``seconds()``); every call to Redis has 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -166,6 +167,20 @@ def _ms(delta: timedelta) -> int:
     return int(delta.total_seconds() * 1000)
 
 
+def _script_constants(settings: StoreSettings, keys: Keys) -> dict[str, int | str]:
+    """The settings and global keys the hot-path scripts read as Lua constants."""
+    return {
+        "OPEN_USERS": keys.open_users,
+        "OUTBOX": keys.outbox,
+        "RESERVATION_TTL": _ms(settings.reservation_ttl),
+        "CONCAT_TTL": _ms(settings.concat_ttl),
+        "EVENTS_RETENTION": _ms(settings.events_retention),
+        "LOG_RETENTION": _ms(settings.log_retention),
+        "LINK_TTL": _ms(settings.message_link_ttl),
+        "PENDING_OUTCOME_TTL": _ms(settings.pending_outcome_ttl),
+    }
+
+
 class CreditStore:
     """The credit engine's Redis side. All public methods are coroutines."""
 
@@ -183,8 +198,9 @@ class CreditStore:
         self.reactor = reactor
         self.keys = keys or Keys()
         self.settings = settings or StoreSettings()
-        self.scripts = Scripts(redis, reactor, self.settings.call_timeout, self.settings.batch)
-        self._period_cache: tuple[int, int, tuple[Period, ...]] | None = None
+        self.scripts = Scripts(redis, reactor, self.settings.call_timeout, self.settings.batch,
+                               constants=_script_constants(self.settings, self.keys))
+        self._period_cache: tuple[int, int, tuple[Period, ...], list[str]] | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -207,30 +223,38 @@ class CreditStore:
                 raise StoreUnavailable(f"Redis error: {error}") from None
             raise
 
-    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._call(self.scripts.run(name, keys, args))
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Coroutine[Any, Any, Any]:
+        """Run one Lua operation (a plain function returning the awaitable: one coroutine
+        frame less on the per-message path)."""
+        return self._call(self.scripts.run(name, keys, args))
 
     async def _command(self, *args: Any) -> Any:
         call = self.redis.execute_command(*args)
         return await self._call(call.addTimeout(self.settings.call_timeout, self.reactor))
 
     def _periods(self, at_ms: int) -> tuple[Period, ...]:
+        return self._period_entry(at_ms)[2]
+
+    def _period_ids(self, at_ms: int) -> list[str]:
+        """Day, week and month ids at ``at_ms`` (the usage periods a reservation counts in)."""
+        return self._period_entry(at_ms)[3]
+
+    def _period_entry(self, at_ms: int) -> tuple[int, int, tuple[Period, ...], list[str]]:
         # The day, week and month are the same for a whole day: compute them once a day.
         cached = self._period_cache
         if cached is not None and cached[0] <= at_ms < cached[1]:
-            return cached[2]
+            return cached
         periods = periods_at(at_ms / 1000, self.settings.timezone)
         day = periods[0]
-        self._period_cache = (
+        entry = (
             int(day.start.timestamp() * 1000),
             int(day.end.timestamp() * 1000),
             periods,
+            [p.id for p in periods],
         )
-        return periods
-
-    def _usage_keys(self, uid: str, at_ms: int) -> tuple[list[str], tuple[Period, ...]]:
-        periods = self._periods(at_ms)
-        return [self.keys.usage(uid, p.id) for p in periods], periods
+        if cached is None or entry[0] >= cached[0]:
+            self._period_cache = entry  # keep the newest day (old refs settle rarely)
+        return entry
 
     # -- reserving ----------------------------------------------------------------------
 
@@ -262,18 +286,15 @@ class CreditStore:
         ref = ref or new_ref(now)
         if concat:
             parts = max(concat.total, 1)
+        user = self.keys.of(uid)
+        quote = f"{country}|{destination}|{prefix}|{card}"
         for _ in range(3):
-            at = created_ms(ref)
-            usage_keys, periods = self._usage_keys(uid, at)
             keys = [
-                self.keys.wallet(uid),
-                self.keys.reservation(uid, ref),
-                *usage_keys,
-                self.keys.events(uid),
-                self.keys.open(uid),
-                self.keys.open_users,
-                self.keys.concat(uid, concat.key) if concat else self.keys.concat(uid, "-"),
-                self.keys.outbox,
+                user.wallet,
+                user.reservation(ref),
+                user.events,
+                user.open,
+                user.concat(concat.key if concat else "-"),
             ]
             args = [
                 uid,
@@ -282,16 +303,10 @@ class CreditStore:
                 parts,
                 messages,
                 now,
-                *(max(1, p.expire_at_ms - now) for p in periods),
-                _ms(self.settings.reservation_ttl),
-                _ms(self.settings.events_retention),
+                *self._period_ids(created_ms(ref)),
                 "c" if concat else "",
                 concat.seq if concat else 0,
-                _ms(self.settings.concat_ttl),
-                country,
-                destination,
-                prefix,
-                card,
+                quote,
             ]
             status, got_ref, amount, balance, reserved, overdraft = await self._run(
                 "reserve", keys, args
@@ -330,32 +345,17 @@ class CreditStore:
         reason: str = "",
         actor: str = "",
     ) -> Settled:
-        now = self.now_ms()
-        usage_keys, _ = self._usage_keys(uid, created_ms(ref))
+        user = self.keys.of(uid)
         keys = [
-            self.keys.wallet(uid),
-            self.keys.reservation(uid, ref),
-            *usage_keys,
-            self.keys.log(uid),
-            self.keys.events(uid),
-            self.keys.open(uid),
-            self.keys.open_users,
+            user.wallet,
+            user.reservation(ref),
+            user.log,
+            user.events,
+            user.open,
             self.keys.message(msgid or "-"),
-            self.keys.outbox,
         ]
-        args = [
-            uid,
-            ref,
-            action,
-            msgid,
-            parts,
-            reason,
-            actor,
-            now,
-            _ms(self.settings.log_retention),
-            _ms(self.settings.events_retention),
-            _ms(self.settings.message_link_ttl),
-        ]
+        args = [uid, ref, action, msgid, parts, reason, actor, self.now_ms(),
+                *self._period_ids(created_ms(ref))]
         status, changed, balance, reserved, open_parts = await self._run("settle", keys, args)
         return Settled(status == OK, changed, balance, reserved, open_parts)
 
@@ -395,7 +395,7 @@ class CreditStore:
         linked, value = await self._run(
             "outcome",
             [self.keys.message(msgid)],
-            [outcome, reason, _ms(self.settings.pending_outcome_ttl)],
+            [outcome, reason],
         )
         if not linked:
             return None
@@ -515,13 +515,11 @@ class CreditStore:
     async def wallet(self, uid: str) -> Wallet | None:
         """Read one wallet with its usage in the current periods, or None."""
         check_uid(uid)
-        usage_keys, periods = self._usage_keys(uid, self.now_ms())
-        # One round trip: MULTI/EXEC is overkill for a read; Lua is not needed either.
+        periods = self._periods(self.now_ms())
         raw = await self._command("HGETALL", self.keys.wallet(uid))
         if not raw:
             return None
-        used = [await self._command("HMGET", key, "credits", "msgs") for key in usage_keys]
-        return _wallet(uid, raw, periods, used)
+        return _wallet(uid, raw, periods)
 
     async def wallets(self) -> list[str]:
         """Every uid with a wallet, sorted."""
@@ -687,17 +685,22 @@ def _opt_int(value: Any) -> int | None:
     return None if value in (None, "") else int(value)
 
 
-def _wallet(uid: str, raw: Any, periods: tuple[Period, ...], used: list[Any]) -> Wallet:
+def _wallet(uid: str, raw: Any, periods: tuple[Period, ...]) -> Wallet:
+    """A Wallet from its hash. Usage (see lua/_lib.lua): a period's counts are the stored
+    ones only while the wallet still counts that very period."""
     w = _pairs(raw)
+
+    use = w.get("use", "").split(" ")
+    counted = {use[i]: (int(use[i + 1]), int(use[i + 2])) for i in range(0, len(use) - 2, 3)}
     usage = tuple(
         Usage(
             period=p,
-            credits=int(u[0] or 0),
-            msgs=int(u[1] or 0),
+            credits=counted.get(p.id, (0, 0))[0],
+            msgs=counted.get(p.id, (0, 0))[1],
             credit_limit=_opt_int(w.get(LIMIT_FIELDS["credits", p.kind])),
             msg_limit=_opt_int(w.get(LIMIT_FIELDS["msgs", p.kind])),
         )
-        for p, u in zip(periods, used, strict=True)
+        for p in periods
     )
     return Wallet(
         uid=uid,

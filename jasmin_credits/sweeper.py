@@ -12,7 +12,8 @@ Every ``interval`` seconds, for each user with open reservations:
   :mod:`jasmin_credits.settlement`).
 
 ``unqueued_timeout`` must exceed the longest time a message can wait before Jasmin queues it
-*and* our consumer reads the ``submit.sm`` event; a link that comes later still charges
+*and* its link is written (at once by our launcher, or when our consumer reads the
+``submit.sm`` event under ``settlement.link: events``); a link that comes later still charges
 (the store holds the credits again), but the credits were available in between.
 
 Runs never overlap (``LoopingCall`` waits for a run to finish); an error is logged and the

@@ -50,6 +50,14 @@ def test_defaults_never_use_esme_rsyserr():
         ({"settlement": {"unqueued_timeout": 100, "unanswered_timeout": 50}},
          "f.yaml: settlement.unanswered_timeout: must be longer than unqueued_timeout"),
         ([1, 2], "f.yaml: (top level): must be a mapping of keys"),
+        ({"retention": {"reservation_days": 0}},
+         "f.yaml: retention.reservation_days: must be a whole number from 1 to 365"),
+        ({"retention": {"reservation_days": 1}, "settlement": {"unanswered_timeout": 86400}},
+         "f.yaml: settlement.unanswered_timeout: must be shorter than retention.reservation_days"),
+        ({"settlement": {"link": "consumer"}},
+         "f.yaml: settlement.link: must be one of queueing, events, got 'consumer'"),
+        ({"charging": {"mode": "interceptor-pb"}, "settlement": {"link": "queueing"}},
+         "f.yaml: settlement.link: queueing needs charging.mode in-process or pre-routing"),
     ],
 )
 def test_bad_values_name_file_key_and_problem(data, message, tmp_path):
@@ -57,6 +65,35 @@ def test_bad_values_name_file_key_and_problem(data, message, tmp_path):
     with pytest.raises(ConfigError) as caught:
         parse_config(data, "f.yaml", tmp_path)
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "mode, link, expected",
+    [
+        ("in-process", None, "queueing"),
+        ("pre-routing", None, "queueing"),
+        ("interceptor-pb", None, "events"),
+        ("in-process", "events", "events"),
+        ("pre-routing", "events", "events"),
+        ("interceptor-pb", "events", "events"),
+        ("pre-routing", "queueing", "queueing"),
+    ],
+)
+def test_settlement_link_defaults_by_charging_mode(mode, link, expected):
+    """Our launcher's modes link at queueing by default; interceptor-pb links from events."""
+    settlement = {} if link is None else {"link": link}
+    config = parse_config({"charging": {"mode": mode}, "settlement": settlement}, "f.yaml")
+    assert config.settlement.link == expected
+
+
+def test_example_config_links_at_queueing():
+    """The shipped example documents the launcher's default."""
+    assert load_config(REPO / "config" / "credits.yaml").settlement.link == "queueing"
+
+
+def test_reservation_days_sets_reservation_and_link_lifetimes(tmp_path):
+    store = parse_config({"retention": {"reservation_days": 3}}, "f.yaml", tmp_path).store
+    assert store.reservation_ttl.days == 3 and store.message_link_ttl.days == 3
 
 
 def test_malformed_yaml_names_the_line(tmp_path):

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from txamqp.client import ChannelClosed
 
 from jasmin_credits.amqp import AmqpConnection, declare_exchange
 from jasmin_credits.devservices import free_port
@@ -450,6 +451,78 @@ class ConsumerTests(TestCase):
                 reply = await channel.queue_declare(queue=queue, passive=True)
                 return reply.message_count == 1
             await eventually(one_waiting, what=f"one message waiting in {queue}")
+
+    async def message_count(self, queue: str) -> int | None:
+        """Messages waiting in ``queue``, or None if there is no such queue."""
+        conn = AmqpConnection(self.amqp_settings, lambda client, channel: None)
+        conn.start()
+        try:
+            channel = await conn.when_ready()
+            try:
+                reply = await channel.queue_declare(queue=queue, passive=True)
+            except ChannelClosed:
+                return None
+            return reply.message_count
+        finally:
+            await conn.stop()
+
+    async def test_link_at_queueing_declares_no_submit_sm_queue(self):
+        """settlement.link: queueing: no submit_sm queue at start nor in the consumer, and
+        responses still settle what the gateway linked."""
+        names = QueueNames.with_prefix(f"jasmin_credits.q{id(self):x}")
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        self.assertTrue(await declare_queues(self.amqp_settings, names,
+                                             link_from_events=False))
+        store = await funded(self)
+        consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
+                                      link_from_events=False)
+        self.addCleanup(consumer.stop)
+        await consumer.start()
+        conn = await self.publisher()
+        ref = await hold(store)
+        message = submit_sm(UID, ref)
+        msgid = message.properties["message-id"]
+        await store.link(UID, ref, msgid, 1)  # what the gateway's linker does
+        await self.send_published(conn, message, msgid)
+        await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="charge")
+        self.assertIsNone(await self.message_count(names.submit_sm))
+        self.assertNotIn(Outcome.IGNORED, consumer.handled)
+
+    async def send_published(self, conn, message, msgid: str) -> None:
+        await self.publish(conn, "submit.sm.smsc", message)
+        await self.publish(conn, "dlr.submit_sm_resp", resp(msgid, "ESME_ROK"))
+
+    async def test_switch_to_queueing_unbinds_and_drains_the_old_queue(self):
+        """A submit_sm queue left by settlement.link: events is unbound, and the events it
+        still holds are linked (none lost in the switch); new ones no longer reach it."""
+        names = QueueNames.with_prefix(f"jasmin_credits.s{id(self):x}")
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        self.assertTrue(await declare_queues(self.amqp_settings, names))  # events
+        store = await funded(self)
+        conn = await self.publisher()
+        ref = await hold(store)
+        left = submit_sm(UID, ref)
+        await self.publish(conn, "submit.sm.smsc", left)
+
+        async def one_left():
+            return await self.message_count(names.submit_sm) == 1
+        await eventually(one_left, what="the event waiting in the old queue")
+        self.assertTrue(await declare_queues(self.amqp_settings, names,
+                                             link_from_events=False))  # a gateway restarts
+        consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
+                                      link_from_events=False)
+        self.addCleanup(consumer.stop)
+        await consumer.start()
+        await self.publish(conn, "dlr.submit_sm_resp",
+                           resp(left.properties["message-id"], "ESME_ROK"))
+        await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="leftover charged")
+        self.assertEqual(consumer.handled.get(Outcome.SETTLED), 2)  # its link, its resp
+        await self.publish(conn, "submit.sm.smsc", submit_sm(UID, await hold(store)))
+        await self.publish(conn, "dlr.submit_sm_resp", resp("m-unknown", "ESME_ROK"))
+        await eventually(lambda: _true(consumer.handled.get(Outcome.SETTLED) == 3),
+                         what="the later resp handled")
+        self.assertEqual(await self.message_count(names.submit_sm), 0)
+        self.assertEqual(consumer.handled.get(Outcome.SETTLED), 3)  # no later submit.sm
 
     async def test_declare_queues_gives_up_without_a_broker(self):
         """No broker: declare_queues answers False within its timeout instead of hanging."""

@@ -117,3 +117,28 @@ class LimitResetTests(SynchronousTestCase):
         events, _ = self.successResultOf(self.store.events("alice"))
         self.assertEqual([e.type for e in events].count("low_balance"), 2)
         self.assertTrue(hold.ok)
+
+    def test_reservation_of_an_earlier_day_does_not_reset_today(self):
+        """A gateway whose clock is still yesterday (a ref made before midnight) neither
+        resets nor counts against today's usage; the week it shares still counts it."""
+        self.successResultOf(self.store.configure("alice", {"lim:credits:day": 300}))
+        yesterday = int(self.clock.seconds() * 1000)
+        at(self.clock, 2027, 3, 28, 0, 30)
+        self.assertIsNone(self.reserve(200))
+        late = self.successResultOf(self.store.reserve("alice", 100, 1, ref=f"{yesterday}-a1"))
+        self.assertTrue(late.ok)
+        day, week, _ = self.successResultOf(self.store.wallet("alice")).usage
+        self.assertEqual((day.period.id, day.credits, day.msgs), ("d20270328", 200, 1))
+        self.assertEqual((week.credits, week.msgs), (300, 2))
+        self.assertIsNone(self.reserve(100))  # today: 300 of 300
+        self.assertEqual(self.reserve(1), Refusal.DAILY_CREDIT_LIMIT)
+
+    def test_usage_lives_with_the_wallet(self):
+        """Removing a wallet removes its usage: a new wallet starts the period at zero."""
+        hold = self.successResultOf(self.store.reserve("alice", 100, 1))
+        self.successResultOf(self.store.commit("alice", hold.ref))
+        self.assertEqual(self.successResultOf(self.store.wallet("alice")).usage[0].credits, 100)
+        self.successResultOf(self.store.remove("alice", actor="t"))
+        self.successResultOf(self.store.top_up("alice", 1_000, op_id="again", actor="t"))
+        wallet = self.successResultOf(self.store.wallet("alice"))
+        self.assertEqual([(u.credits, u.msgs) for u in wallet.usage], [(0, 0)] * 3)

@@ -7,7 +7,9 @@ unchanged. Differences:
 - it binds 127.0.0.1 unless the config file names a ``bind`` address (stock: 0.0.0.0);
 - the script runs, then MT messages it let through are charged asynchronously: many
   messages are in flight at once (stock interceptord runs scripts one at a time);
-- ``--credits-config`` (or ``$JASMIN_CREDITS_CONFIG``) names our YAML file;
+- ``--credits-config`` (or ``$JASMIN_CREDITS_CONFIG``) names our YAML file, which must say
+  ``charging.mode: interceptor-pb`` (settlement then links holds from Jasmin's ``submit.sm.*``
+  events: ``settlement.link: queueing`` is refused, as only our launcher links that way);
 - ``--metrics-port N`` serves our Prometheus metrics on ``http://127.0.0.1:N/``.
 
 Caveat: with stock jasmind, HTTP ``/rate`` also calls the interceptor and nothing tells
@@ -142,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         runtime = CreditsRuntime.from_config_file(options["credits-config"])
+        if runtime.config.settlement.link == "queueing":
+            # Only our launcher links at queueing: with this daemon nobody would.
+            raise ConfigError(runtime.config.source, "settlement.link",
+                              "queueing (the default unless charging.mode is interceptor-pb) "
+                              "needs our jasmind launcher; set charging.mode: interceptor-pb")
     except ConfigError as error:
         print(f"jasmin-credits-interceptord: {error}", file=sys.stderr)
         return 2

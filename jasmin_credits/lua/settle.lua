@@ -1,10 +1,10 @@
 -- settle: move the parts of one reservation between held, queued, committed and refunded.
--- KEYS[1] wallet, KEYS[2] reservation, KEYS[3..5] usage day/week/month (of the
--- reservation's creation), KEYS[6] credit log, KEYS[7] events, KEYS[8] user's open set,
--- KEYS[9] open-users set, KEYS[10] message link (only read by 'link'), KEYS[11] outbox
+-- KEYS[1] wallet, KEYS[2] reservation, KEYS[3] credit log, KEYS[4] events,
+-- KEYS[5] user's open set, KEYS[6] message link (only read by 'link'); the open-users set
+-- and the outbox are the constants OPEN_USERS and OUTBOX
 -- ARGV[1] uid, ARGV[2] ref, ARGV[3] action, ARGV[4] Jasmin message id or '' (all),
 -- ARGV[5] parts (link), ARGV[6] reason, ARGV[7] actor, ARGV[8] now (ms),
--- ARGV[9] log retention (ms), ARGV[10] events retention (ms), ARGV[11] message link ttl (ms)
+-- ARGV[9..11] day/week/month period ids of the reservation's creation
 -- Actions:
 --   link     parts were queued by Jasmin under a message id (submit.sm event); applies an
 --            outcome that arrived before the link (see outcome.lua)
@@ -18,27 +18,31 @@
 -- returns {status, changed amount (negative = charged), balance, reserved, open parts};
 -- status 0 ok, 30 unknown reservation, 31 the wallet was removed.
 local uid, ref, action, msgid, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
-local sink = {events = KEYS[7], outbox = KEYS[11], retention = ARGV[10], uid = uid}
+local sink = {events = KEYS[4], outbox = OUTBOX, retention = EVENTS_RETENTION, uid = uid}
+local periods = {ARGV[9], ARGV[10], ARGV[11]}
 local r = redis.call('HMGET', KEYS[2], 'unit', 'unlinked', 'queued', 'committed', 'refunded',
-  'msgs', 'parts', 'country', 'dest')
+  'msgs', 'parts', 'quote')
 if not r[1] then
   return {30, 0, 0, 0, 0}
 end
-local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'low_balance', 'low_armed')
+local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'low_balance', 'low_armed', 'use')
 if not w[1] then
   return {31, 0, 0, 0, 0}
 end
--- The wallet as this call leaves it; every HINCRBY below returns the new value.
+-- The wallet as this call leaves it (written once, at the end).
 local balance, reserved = int(w[1]), int(w[2])
+local use = w[5]  -- period usage (see lua/_lib.lua), rewritten at the end if changed
 local unit = int(r[1])
 local counts = {unlinked = int(r[2]), queued = int(r[3]), committed = int(r[4]),
   refunded = int(r[5])}
 local total_parts = int(r[7])
 local changed = 0
+local country, dest = string.match(r[8] or '', '^([^|]*)|([^|]*)')
 
 local function ledger(kind, amount, id, parts, reason)
-  xadd(KEYS[6], ARGV[9], {'ts', now, 'type', kind, 'amount', s(amount), 'balance', s(balance),
-    'ref', ref, 'msgid', id, 'country', r[8] or '', 'dest', r[9] or '', 'parts', s(parts),
+  xadd(KEYS[3], LOG_RETENTION, {'ts', now, 'type', kind, 'amount', s(amount),
+    'balance', s(balance), 'ref', ref, 'msgid', id, 'country', country or '',
+    'dest', dest or '', 'parts', s(parts),
     'actor', ARGV[7], 'reason', reason})
 end
 
@@ -52,8 +56,8 @@ local function charge(from, parts, id)
   local amount = parts * unit
   counts[from] = counts[from] - parts
   counts.committed = counts.committed + parts
-  reserved = redis.call('HINCRBY', KEYS[1], 'reserved', s(-amount))
-  balance = redis.call('HINCRBY', KEYS[1], 'balance', s(-amount))
+  reserved = reserved - amount
+  balance = balance - amount
   changed = changed - amount
   ledger('charge', -amount, id, parts, '')
 end
@@ -64,18 +68,14 @@ local function give_back(from, parts, id, reason)
   counts[from] = counts[from] - parts
   counts.refunded = counts.refunded + parts
   if from == 'committed' then
-    balance = redis.call('HINCRBY', KEYS[1], 'balance', s(amount))
+    balance = balance + amount
     changed = changed + amount
     ledger('refund', amount, id, parts, reason)
   else
-    reserved = redis.call('HINCRBY', KEYS[1], 'reserved', s(-amount))
+    reserved = reserved - amount
   end
-  for i = 3, 5 do
-    unuse(KEYS[i], 'credits', -amount)
-    if counts.refunded >= total_parts then
-      unuse(KEYS[i], 'msgs', -int(r[6]))
-    end
-  end
+  use = shifted_use(use, periods, -amount, counts.refunded >= total_parts and -int(r[6]) or 0)
+    or use
   event(from == 'committed' and 'refund' or 'released', amount, id, parts, reason)
 end
 
@@ -102,6 +102,9 @@ local function settle_msg(id, outcome, reason)
 end
 
 local function each_message(fn)
+  if counts.queued + counts.committed + counts.refunded == 0 then
+    return  -- nothing was linked: no m:<id> field to visit
+  end
   local all = redis.call('HGETALL', KEYS[2])
   for i = 1, #all, 2 do
     if string.sub(all[i], 1, 2) == 'm:' then
@@ -119,21 +122,19 @@ if action == 'link' then
   if late > 0 then
     -- Queued after its hold was released (queueing slower than the release timeout, or
     -- more parts than the client announced): hold again, so what left is still charged.
-    reserved = redis.call('HINCRBY', KEYS[1], 'reserved', s(late * unit))
-    for i = 3, 5 do
-      unuse(KEYS[i], 'credits', late * unit)
-    end
+    reserved = reserved + late * unit
+    use = shifted_use(use, periods, late * unit, 0) or use
     total_parts = total_parts + late
     redis.call('HSET', KEYS[2], 'parts', s(total_parts))
-    redis.call('ZADD', KEYS[8], now, ref)
-    redis.call('SADD', KEYS[9], uid)
+    redis.call('ZADD', KEYS[5], now, ref)
+    redis.call('SADD', OPEN_USERS, uid)
     event('late_hold', -late * unit, msgid, late, 'queued after release')
   end
   counts.unlinked = counts.unlinked - (parts - late)
   counts.queued = counts.queued + parts
   redis.call('HSET', KEYS[2], 'm:' .. msgid, s(parts) .. ' q')
-  local pending = redis.call('GET', KEYS[10])
-  redis.call('SET', KEYS[10], uid .. ' ' .. ref .. ' ' .. s(parts), 'PX', ARGV[11])
+  local pending = redis.call('GET', KEYS[6])
+  redis.call('SET', KEYS[6], uid .. ' ' .. ref .. ' ' .. s(parts), 'PX', LINK_TTL)
   if pending and string.sub(pending, 1, 1) == '!' then
     settle_msg(msgid, string.sub(pending, 2, 2), string.sub(pending, 4))
   end
@@ -171,11 +172,24 @@ else
   return redis.error_reply('unknown settle action ' .. action)
 end
 
-redis.call('HSET', KEYS[2], 'unlinked', s(counts.unlinked), 'queued', s(counts.queued),
-  'committed', s(counts.committed), 'refunded', s(counts.refunded))
+if use ~= w[5] then
+  redis.call('HSET', KEYS[1], 'balance', s(balance), 'reserved', s(reserved), 'use', use)
+elseif balance ~= int(w[1]) or reserved ~= int(w[2]) then
+  redis.call('HSET', KEYS[1], 'balance', s(balance), 'reserved', s(reserved))
+end
+local record = {'HSET', KEYS[2]}
+for i, name in ipairs({'unlinked', 'queued', 'committed', 'refunded'}) do
+  if counts[name] ~= int(r[i + 1]) then  -- write only what moved
+    record[#record + 1] = name
+    record[#record + 1] = s(counts[name])
+  end
+end
+if #record > 2 then
+  redis.call(unpack(record))
+end
 if counts.unlinked + counts.queued == 0 then
-  if redis.call('ZREM', KEYS[8], ref) == 1 and redis.call('ZCARD', KEYS[8]) == 0 then
-    redis.call('SREM', KEYS[9], uid)
+  if redis.call('ZREM', KEYS[5], ref) == 1 and redis.call('ZCARD', KEYS[5]) == 0 then
+    redis.call('SREM', OPEN_USERS, uid)
   end
 end
 low_after(KEYS[1], sink, now, balance, reserved, w[3], w[4])

@@ -72,6 +72,10 @@ class StubRuntime:
         self.record("make_interceptor_client")
         return Client()
 
+    def install_client_manager(self, manager) -> None:
+        """Hook: jasmind's SMPP client manager built (in process only)."""
+        self.record(f"install_client_manager {type(manager).__name__}")
+
     def install_jcli(self, factory) -> None:
         """Hook: jCli factory built."""
         self.record(f"install_jcli {type(factory).__name__}")
@@ -102,10 +106,12 @@ def hooked_gateway():
 
 
 def test_hooks_called_in_order(hooked_gateway):
-    """start, the interceptor client, then install_http and install_jcli with Jasmin's types."""
+    """start, the interceptor client, then install_client_manager, install_http and
+    install_jcli with Jasmin's types."""
     _, events = hooked_gateway
     lines = events.read_text().splitlines()
-    assert lines[:4] == ["start", "make_interceptor_client", "install_http HTTPApi",
+    assert lines[:5] == ["start", "make_interceptor_client",
+                         "install_client_manager SMPPClientManagerPB", "install_http HTTPApi",
                          "install_jcli JCliFactory"], lines
 
 

@@ -22,15 +22,17 @@ def gateway(request):
                          smsc_args=["--fail", "3398=ESME_RINVDSTADR"]) as gw:
         # LocalGateway runs the daemon for "separate"; the launcher runs it for "child".
         assert ("settled" in gw.children) == (request.param == "separate")
-        gw.wait_for_consumers({"jasmin_credits.submit_sm", "jasmin_credits.submit_sm_resp"})
+        gw.wait_for_consumers({"jasmin_credits.submit_sm_resp", "jasmin_credits.deliver_sm"})
         yield gw
 
 
 def test_only_the_daemon_consumes_jasmins_events(gateway):
-    """jasmind's reactor does no settlement: one consumer per queue, the daemon's."""
+    """jasmind's reactor does no settlement: one consumer per queue, the daemon's; and with
+    the launcher linking at queueing (the default) nobody needs the submit.sm.* events."""
     consumers = gateway.rabbitmq.queue_consumers()
-    assert consumers["jasmin_credits.submit_sm"] == 1
     assert consumers["jasmin_credits.submit_sm_resp"] == 1
+    assert consumers["jasmin_credits.deliver_sm"] == 1
+    assert "jasmin_credits.submit_sm" not in consumers
 
 
 def test_charged_by_the_daemon(gateway, smpp_client, books):

@@ -1,0 +1,112 @@
+"""Where a hold meets Jasmin's message id, on a real gateway: ``settlement.link: queueing``
+(the default: our launcher links as Jasmin queues the message, and nothing binds
+``submit.sm.*``) or ``events`` (settlement links from Jasmin's ``submit.sm.*`` events)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+
+import pytest
+import yaml
+
+from jasmin_credits.localgateway import ChildProcess, wait_until
+from tests.e2e.credits_support import PRICE, http, provision_with_routes, running_gateway, send
+
+UDHI = 0x40
+SUBMIT_SM_QUEUE = "jasmin_credits.submit_sm"
+
+
+@pytest.fixture(scope="module", params=["queueing", "events"])
+def gateway(request):
+    overrides = {"settlement": {"link": request.param, "unqueued_timeout": 2,
+                                "unanswered_timeout": 60, "sweep_interval": 0.5}}
+    with running_gateway(overrides, provision_with_routes) as gw:
+        queues = {"jasmin_credits.submit_sm_resp", "jasmin_credits.deliver_sm"}
+        if request.param == "events":
+            queues.add(SUBMIT_SM_QUEUE)
+        gw.wait_for_consumers(queues)
+        gw.link = request.param
+        yield gw
+
+
+def msgid_of(response) -> str:
+    value = response.message_id
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def send_mix(gateway, client, n: int) -> tuple[list[str], int]:
+    """Three single SMPP messages, a 3-part UDH message and a 400-character /send (destinations
+    numbered ``n``): their message ids and their total price."""
+    singles = [send(client, d) for d in (f"4479110{n:05d}", f"336120{n:05d}",
+                                         f"120255{n:05d}")]
+    udh = [send(client, f"4479112{n:05d}", bytes([5, 0, 3, n % 256, 3, i]) + b"x" * 100,
+                esm_class=UDHI) for i in (1, 2, 3)]
+    assert [r.status for r in singles + udh] == [0] * 6
+    status, body = http(gateway, "send", to=f"336122{n:05d}", content="a" * 400)
+    assert status == 200, body
+    [http_msgid] = re.findall(r'Success "([^"]+)"', body)
+    msgids = [msgid_of(r) for r in singles + udh] + [http_msgid]
+    total = PRICE["447"] + PRICE["33"] + PRICE["1"] + 3 * PRICE["447"] + 3 * PRICE["33"]
+    return msgids, total
+
+
+def assert_charged_once(books, msgids: list[str]) -> None:
+    """Every message id has exactly one charge entry in alice's credit log."""
+    charged = Counter(e.fields["msgid"] for e in books.log("alice") if e.type == "charge")
+    assert {m: charged[m] for m in msgids} == {m: 1 for m in msgids}
+
+
+def test_submit_sm_queue_bound_and_consumed_only_with_events(gateway):
+    """queueing: our submit_sm queue is neither bound nor consumed; events: it is both."""
+    bindings = gateway.rabbitmq.bindings()
+    consumers = gateway.rabbitmq.queue_consumers()
+    assert ("messaging", "jasmin_credits.submit_sm_resp", "dlr.submit_sm_resp") in bindings
+    bound = ("messaging", SUBMIT_SM_QUEUE, "submit.sm.*") in bindings
+    if gateway.link == "queueing":
+        assert not bound
+        assert consumers.get(SUBMIT_SM_QUEUE, 0) == 0
+    else:
+        assert bound
+        assert consumers[SUBMIT_SM_QUEUE] == 1
+
+
+def test_every_message_charged_exactly_once(gateway, smpp_client, books):
+    """SMPP singles, a 3-part UDH message and a long /send: each message id charged once,
+    and the balance falls by exactly their prices."""
+    start = books.top_up("alice", 100_000)
+    msgids, total = send_mix(gateway, smpp_client(), 1)
+    books.wait_settled("alice", start - total)
+    assert_charged_once(books, msgids)
+
+
+def test_a_settled_still_on_events_links_again_harmlessly(gateway, smpp_client, books):
+    """A jasmin-credits-settled left on link: events (its own queues) links every message a
+    second time while the launcher links at queueing: each is still charged once."""
+    if gateway.link != "queueing":
+        pytest.skip("the duplicate comes from a gateway linking at queueing")
+    data = yaml.safe_load(gateway.credits_config.read_text())
+    data["settlement"].update(link="events", queue_prefix="jc_old", process="separate")
+    config = gateway.rundir / "credits-old.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    old = ChildProcess("settled-old", [sys.executable, "-m", "jasmin_credits.settled",
+                                       "--credits-config", str(config),
+                                       "--lock-file", str(gateway.rundir / "settled-old")],
+                       gateway.env(), gateway.rundir / "log" / "settled-old.out",
+                       gateway.rundir)
+    try:
+        gateway.wait_for_consumers({"jc_old.submit_sm", "jc_old.submit_sm_resp"})
+        start = books.top_up("alice", 100_000)
+        msgids, total = send_mix(gateway, smpp_client(), 2)
+        books.wait_settled("alice", start - total)
+
+        def both_linked() -> bool:
+            old.check_alive()
+            return gateway.rabbitmq.queue_messages().get("jc_old.submit_sm", 1) == 0
+
+        wait_until(both_linked, 20, interval=0.2, message="the old settled read every event")
+        books.wait_settled("alice", start - total)
+        assert_charged_once(books, msgids)
+    finally:
+        old.stop()
