@@ -457,6 +457,33 @@ def cpu_per_message(before: dict, after: dict, messages: int) -> dict[str, float
     return {label: round(us / messages) for label, us in sorted(used.items()) if messages}
 
 
+def start_profile(args: argparse.Namespace, conf: Configuration, name: str,
+                  snapshot: dict[int, tuple[str, int]]) -> subprocess.Popen | None:
+    """With ``--profile DIR``: py-spy records jasmind during one measurement (raw format,
+    one line per stack with its sample count; py-spy from PATH or beside Python)."""
+    if not args.profile:
+        return None
+    pids = [pid for pid, (label, _) in snapshot.items() if label == "jasmind"]
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not pids or not Path(spy).exists():
+        return None
+    out = Path(args.profile) / f"{conf.key}-{name.replace(' ', '-')}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([spy, "record", "-p", str(pids[0]), "-f", "raw", "-r", "250",
+                             "-o", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profile(spy: subprocess.Popen | None) -> None:
+    if spy is None:
+        return
+    spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+
+
 def accepted(result: dict) -> int:
     """Messages a measurement got accepted (SMPP status 0 / HTTP 200)."""
     statuses = result.get("statuses", {})
@@ -488,8 +515,12 @@ def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], 
             count = args.http_messages if kind == "client-http" else args.messages
             before = books.wallet("alice") if books else None
             cpu_before = cpu_snapshot()
-            result = run_client(args, kind, port, width, count, args.warmup,
-                                prefix=f"447{conf.key}{n}")
+            spy = start_profile(args, conf, name, cpu_before)
+            try:
+                result = run_client(args, kind, port, width, count, args.warmup,
+                                    prefix=f"447{conf.key}{n}")
+            finally:
+                stop_profile(spy)
             result["cpu_us_per_msg"] = cpu_per_message(cpu_before, cpu_snapshot(),
                                                        count + args.warmup)
             conf.results[name] = result
@@ -652,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="first wait until the 1-minute load average is below this")
     parser.add_argument("--wait-load-max", type=float, default=600.0)
     parser.add_argument("--json", default=None, help="also write the results there")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="record jasmind with py-spy during each measurement into DIR")
     return orchestrate(parser.parse_args(argv))
 
 

@@ -69,6 +69,26 @@ class Keys:
         """Stream of every user's events, read by the event publisher (AMQP, webhooks)."""
         self._users: dict[str, UserKeys] = {}
 
+    def lua_constants(self) -> dict[str, str]:
+        """The key names as Lua constants, for scripts that find a user from a message link
+        (``USER_HEAD .. uid .. USER_TAIL .. WALLET_SUFFIX`` is :meth:`wallet`, and so on)."""
+        marker = "\x00"
+        head, tail = self.user(marker).split(marker)
+        user = self.user(marker)
+
+        def suffix(key: str) -> str:
+            return key[len(user):].replace(marker, "")
+
+        return {
+            "USER_HEAD": head, "USER_TAIL": tail,
+            "WALLET_SUFFIX": suffix(self.wallet(marker)),
+            "RESERVATION_SUFFIX": suffix(self.reservation(marker, "")),
+            "LOG_SUFFIX": suffix(self.log(marker)),
+            "EVENTS_SUFFIX": suffix(self.events(marker)),
+            "OPEN_SUFFIX": suffix(self.open(marker)),
+            "MESSAGE_HEAD": self.message(""),
+        }
+
     def of(self, uid: str) -> UserKeys:
         """The per-message keys of ``uid``, built once (charging names them per message)."""
         found = self._users.get(uid)

@@ -17,6 +17,7 @@ those corrections.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -219,6 +220,19 @@ def load_runtime(path: str) -> Any:
     return CreditsRuntime.from_config_file(path)
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive after start-up out of the cyclic garbage collector's reach.
+
+    jasmind keeps tens of thousands of long-lived objects (Jasmin, Twisted, txamqp, the
+    rate cards); each full collection walked them all, in the reactor thread, and showed
+    as the window-50 p99 (about 72 ms against 45 ms frozen, bench/bench_gateway.py). They
+    are never garbage: ``gc.freeze()`` stops the walks. Per-message objects are collected
+    as before.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None,
          runtime_loader: Callable[[str], Any] = load_runtime) -> None:
     """Run the daemon like jasmind's ``__main__`` block; exit 2 on a bad configuration.
@@ -247,6 +261,7 @@ def main(argv: list[str] | None = None,
         signal.signal(signal.SIGINT, daemon.sighandler_stop)
         signal.signal(signal.SIGTERM, daemon.sighandler_stop)
         daemon.start()
+        freeze_startup_objects()
         reactor.run()
         exit_code = daemon.exit_code
     except usage.UsageError as errortext:

@@ -294,10 +294,11 @@ class CreditMetrics(NoMetrics):
         self._store = store
         run = store._run
 
-        async def timed_run(name: str, keys: list[str], args: list[Any]) -> Any:
+        async def timed_run(name: str, keys: list[str], args: list[Any],
+                            lazy: bool = False) -> Any:
             started = timer()
             try:
-                return await run(name, keys, args)
+                return await run(name, keys, args, lazy)
             finally:
                 self.observe_store_call(timer() - started)
 

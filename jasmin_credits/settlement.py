@@ -200,7 +200,7 @@ async def link_tagged(store: CreditStore, msgid: str, pdu: Any) -> Outcome:
     tag = read_tag(pdu)
     if tag is None:
         return Outcome.IGNORED
-    settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"])
+    settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"], lazy=True)
     if not settled.found:
         log.warning("submit.sm %s: reservation %s of %s is gone (expired or wallet "
                     "removed): not linked", msgid, tag["ref"], tag["uid"])
@@ -293,7 +293,7 @@ class Settlement:
         status = _status(body)
         headers = _headers(properties)
         if status == "ESME_ROK":
-            await self.store.settle_message(msgid, True)
+            await self.store.settle_message(msgid, True, lazy=True)
             smpp_msgid = _text(headers.get("smpp_msgid") or "").strip()
             if self.dlr_refund_stats and smpp_msgid:
                 await self._map_smsc_id(smpp_msgid, msgid)
@@ -301,7 +301,7 @@ class Settlement:
         if status in self.retry_statuses and self.unknown_outcome_policy == "wait":
             log.info("submit_sm_resp %s for %s: Jasmin may retry it; left open", status, msgid)
             return Outcome.WAITING
-        settled = await self.store.settle_message(msgid, False, reason=status)
+        settled = await self.store.settle_message(msgid, False, reason=status, lazy=True)
         if settled is not None and settled.found and self.metrics is not None:
             self.metrics.refunded("submit_error")
         return Outcome.SETTLED

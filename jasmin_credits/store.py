@@ -170,6 +170,7 @@ def _ms(delta: timedelta) -> int:
 def _script_constants(settings: StoreSettings, keys: Keys) -> dict[str, int | str]:
     """The settings and global keys the hot-path scripts read as Lua constants."""
     return {
+        **keys.lua_constants(),
         "OPEN_USERS": keys.open_users,
         "OUTBOX": keys.outbox,
         "RESERVATION_TTL": _ms(settings.reservation_ttl),
@@ -223,10 +224,11 @@ class CreditStore:
                 raise StoreUnavailable(f"Redis error: {error}") from None
             raise
 
-    def _run(self, name: str, keys: list[str], args: list[Any]) -> Coroutine[Any, Any, Any]:
+    def _run(self, name: str, keys: list[str], args: list[Any],
+             lazy: bool = False) -> Coroutine[Any, Any, Any]:
         """Run one Lua operation (a plain function returning the awaitable: one coroutine
-        frame less on the per-message path)."""
-        return self._call(self.scripts.run(name, keys, args))
+        frame less on the per-message path); ``lazy``: see :class:`~.scripts.Scripts`."""
+        return self._call(self.scripts.run(name, keys, args, lazy))
 
     async def _command(self, *args: Any) -> Any:
         call = self.redis.execute_command(*args)
@@ -344,6 +346,7 @@ class CreditStore:
         parts: int = 0,
         reason: str = "",
         actor: str = "",
+        lazy: bool = False,
     ) -> Settled:
         user = self.keys.of(uid)
         keys = [
@@ -356,14 +359,19 @@ class CreditStore:
         ]
         args = [uid, ref, action, msgid, parts, reason, actor, self.now_ms(),
                 *self._period_ids(created_ms(ref))]
-        status, changed, balance, reserved, open_parts = await self._run("settle", keys, args)
+        status, changed, balance, reserved, open_parts = await self._run("settle", keys, args,
+                                                                        lazy)
         return Settled(status == OK, changed, balance, reserved, open_parts)
 
-    async def link(self, uid: str, ref: str, msgid: str, parts: int) -> Settled:
-        """Jasmin queued ``parts`` parts of reservation ``ref`` under message id ``msgid``."""
+    async def link(self, uid: str, ref: str, msgid: str, parts: int, *,
+                   lazy: bool = False) -> Settled:
+        """Jasmin queued ``parts`` parts of reservation ``ref`` under message id ``msgid``.
+
+        ``lazy`` (settlement's links: nobody waits on them) lets the call ride along with
+        the next one to Redis (see :class:`~.scripts.Scripts`)."""
         if not msgid:
             raise ValueError("link needs a message id")
-        return await self._settle(uid, ref, "link", msgid=msgid, parts=parts)
+        return await self._settle(uid, ref, "link", msgid=msgid, parts=parts, lazy=lazy)
 
     async def commit(self, uid: str, ref: str, msgid: str = "") -> Settled:
         """Charge the parts queued under ``msgid`` (or every held part): they left."""
@@ -385,31 +393,34 @@ class CreditStore:
             raise ValueError("unanswered must be 'commit' or 'refund'")
         return await self._settle(uid, ref, "expire", reason=unanswered)
 
-    async def settle_message(self, msgid: str, sent: bool, reason: str = "") -> Settled | None:
-        """Settle by Jasmin message id alone (a ``dlr.submit_sm_resp`` event).
+    async def settle_message(self, msgid: str, sent: bool, reason: str = "", *,
+                             lazy: bool = False) -> Settled | None:
+        """Settle by Jasmin message id alone (a ``dlr.submit_sm_resp`` event), in one call.
 
         If the message is not linked yet, the outcome is kept and the link applies it.
-        Answers None when the outcome was kept (or the message is not ours).
+        Answers None when the outcome was kept (or the message is not ours). ``lazy``: as
+        for :meth:`link`.
         """
         outcome = "c" if sent else "r"
-        linked, value = await self._run(
-            "outcome",
-            [self.keys.message(msgid)],
-            [outcome, reason],
-        )
-        if not linked:
+        reply = await self._run("outcome", [self.keys.message(msgid)],
+                                [outcome, reason, self.now_ms()], lazy)
+        if reply[0] == 2:  # settled in the same call
+            status, changed, balance, reserved, open_parts = reply[1:]
+            return Settled(status == OK, changed, balance, reserved, open_parts)
+        if reply[0] == 0:
             return None
-        uid, ref, _parts = value.split(" ")
+        uid, ref = reply[1].split(" ")[:2]  # a link from an older version: two steps
         if sent:
-            return await self.commit(uid, ref, msgid)
-        return await self.refund(uid, ref, reason, msgid=msgid)
+            return await self._settle(uid, ref, "commit", msgid=msgid, lazy=lazy)
+        return await self._settle(uid, ref, "refund", msgid=msgid, reason=reason,
+                                  actor="system", lazy=lazy)
 
     async def message_link(self, msgid: str) -> tuple[str, str] | None:
         """``(uid, ref)`` of a linked message id, or None."""
         value = await self._command("GET", self.keys.message(msgid))
         if not value or value.startswith("!"):
             return None
-        uid, ref, _ = value.split(" ")
+        uid, ref = value.split(" ")[:2]
         return uid, ref
 
     # -- wallets ------------------------------------------------------------------------

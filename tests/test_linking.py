@@ -31,7 +31,7 @@ class FakeStore:
         self.links: list[tuple[str, str, str, int]] = []
         self.attempts = 0
 
-    async def link(self, uid: str, ref: str, msgid: str, parts: int):
+    async def link(self, uid: str, ref: str, msgid: str, parts: int, lazy: bool = False):
         self.attempts += 1
         if self.error is not None:
             raise self.error
@@ -235,7 +235,7 @@ class SlowStoreTests(SynchronousTestCase):
         answer: Deferred = Deferred()
 
         class Slow(FakeStore):
-            async def link(self, *args):
+            async def link(self, *args, lazy=False):
                 self.links.append(args)
                 return await answer
 

@@ -121,6 +121,19 @@ class HookTests(TestCase):
         self.assertEqual(sample(text, "jasmin_credits_open_reservations"), 2)
         self.assertEqual(sample(text, "jasmin_credits_store_call_seconds_count"), 3)
 
+    async def test_watched_store_times_lazy_settlement_calls(self):
+        """Settlement's lazy calls go through the timed path too (and still settle)."""
+        store = await make_store(self)
+        await store.top_up("alice", 3000, op_id="f", actor="t")
+        metrics = CreditMetrics(decimals=4)
+        metrics.watch_store(store)
+        hold = await store.reserve("alice", 100, 1)
+        await store.link("alice", hold.ref, "m1", 1, lazy=True)
+        settled = await store.settle_message("m1", True, lazy=True)
+        self.assertEqual((settled.changed, settled.balance), (-100, 2900))
+        text = metrics.render()  # reserve, link, outcome (settled in the same call)
+        self.assertEqual(sample(text, "jasmin_credits_store_call_seconds_count"), 3)
+
     async def test_settlement_counts_refunds_by_cause(self):
         """A final error response counts as a submit_error refund."""
         store = await make_store(self)

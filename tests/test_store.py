@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from jasmin_credits.errors import Refusal, UnknownWallet
@@ -166,6 +167,64 @@ class ReserveSettleTests(TestCase):
         wallet = await store.wallet("alice")
         self.assertEqual((wallet.balance, wallet.reserved), (900, 0))
         self.assertEqual(await store.message_link("m9"), ("alice", hold.ref))
+
+    async def test_settle_message_settles_in_one_call(self):
+        """A submit_sm_resp is one Lua call: the link names the user and the reservation."""
+        store = await self.funded()
+        hold = await store.reserve("alice", 100, 1, country="GB", destination="447911")
+        await store.link("alice", hold.ref, "m5", 1)
+        calls = []
+        run = store.scripts.run
+        store.scripts.run = lambda name, *a, **kw: calls.append(name) or run(name, *a, **kw)
+        done = await store.settle_message("m5", sent=True, lazy=True)
+        self.assertEqual(calls, ["outcome"])
+        self.assertEqual((done.found, done.changed, done.balance, done.open_parts),
+                         (True, -100, 900, 0))
+        _, entries = await log_sum(store, "alice")
+        self.assertEqual((entries[0].type, entries[0].fields["msgid"],
+                          entries[0].fields["country"]), ("charge", "m5", "GB"))
+        # a later error for the same message refunds it (also in one call)
+        refund = await store.settle_message("m5", sent=False, reason="ESME_RSUBMITFAIL")
+        self.assertEqual((refund.changed, refund.balance), (100, 1000))
+        self.assertEqual(calls, ["outcome", "outcome"])
+
+    async def test_link_written_by_an_older_version_still_settles(self):
+        """A link without its periods (written before this version) settles in two calls."""
+        store = await self.funded()
+        hold = await store.reserve("alice", 100, 1)
+        await store.link("alice", hold.ref, "m6", 1)
+        await store.redis.execute_command("SET", store.keys.message("m6"),
+                                          f"alice {hold.ref} 1")
+        done = await store.settle_message("m6", sent=True)
+        self.assertEqual((done.changed, done.balance), (-100, 900))
+        again = await store.settle_message("m6", sent=True)
+        self.assertEqual((again.changed, again.balance), (0, 900))
+
+    async def test_lazy_operations_ride_along_with_the_next_call(self):
+        """A lazy link waits for the next hold's call and goes in the same batch."""
+        store = await self.funded()
+        first = await store.reserve("alice", 100, 1)
+        sent = []
+        send = store.scripts._send
+        store.scripts._send = lambda script, keys, args: sent.append(
+            (script.name, [a for a in args if a in ("reserve", "settle")])
+        ) or send(script, keys, args)
+        store.scripts.lazy_delay = 60.0  # only the next hold can take it out
+        link = defer.Deferred.fromCoroutine(store.link("alice", first.ref, "m7", 1, lazy=True))
+        self.assertEqual(sent, [])
+        second = await store.reserve("alice", 100, 1)
+        settled = await link
+        self.assertEqual(sent, [("batch", ["reserve", "settle"])])
+        self.assertTrue(second.ok and settled.found)
+        self.assertIsNone(store.scripts._lazy_timer)
+
+    async def test_lazy_operation_alone_goes_after_its_delay(self):
+        """With no other call coming, a lazy operation goes after lazy_delay."""
+        store = await self.funded()
+        hold = await store.reserve("alice", 100, 1)
+        store.scripts.lazy_delay = 0.01
+        settled = await store.link("alice", hold.ref, "m8", 1, lazy=True)
+        self.assertEqual((settled.found, settled.open_parts), (True, 1))
 
     async def test_release_gives_back_never_queued_parts_only(self):
         """The sweeper's release returns unqueued parts and leaves queued ones alone."""

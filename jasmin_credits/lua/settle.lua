@@ -134,7 +134,9 @@ if action == 'link' then
   counts.queued = counts.queued + parts
   redis.call('HSET', KEYS[2], 'm:' .. msgid, s(parts) .. ' q')
   local pending = redis.call('GET', KEYS[6])
-  redis.call('SET', KEYS[6], uid .. ' ' .. ref .. ' ' .. s(parts), 'PX', LINK_TTL)
+  -- The link names the reservation and its periods: outcome.lua settles from it alone.
+  redis.call('SET', KEYS[6], uid .. ' ' .. ref .. ' ' .. s(parts) .. ' ' .. ARGV[9] .. ' '
+    .. ARGV[10] .. ' ' .. ARGV[11], 'PX', LINK_TTL)
   if pending and string.sub(pending, 1, 1) == '!' then
     settle_msg(msgid, string.sub(pending, 2, 2), string.sub(pending, 4))
   end
