@@ -458,30 +458,33 @@ def cpu_per_message(before: dict, after: dict, messages: int) -> dict[str, float
 
 
 def start_profile(args: argparse.Namespace, conf: Configuration, name: str,
-                  snapshot: dict[int, tuple[str, int]]) -> subprocess.Popen | None:
-    """With ``--profile DIR``: py-spy records jasmind during one measurement (raw format,
-    one line per stack with its sample count; py-spy from PATH or beside Python)."""
-    if not args.profile:
-        return None
-    pids = [pid for pid, (label, _) in snapshot.items() if label == "jasmind"]
+                  snapshot: dict[int, tuple[str, int]]) -> list[subprocess.Popen]:
+    """With ``--profile DIR``: py-spy records jasmind and the interceptord (if any) during
+    one measurement, into ``DIR/<config>-<row>-<process>.txt`` (raw format: one line per
+    stack with its sample count; py-spy from PATH or beside Python)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not pids or not Path(spy).exists():
-        return None
-    out = Path(args.profile) / f"{conf.key}-{name.replace(' ', '-')}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([spy, "record", "-p", str(pids[0]), "-f", "raw", "-r", "250",
-                             "-o", str(out), "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not args.profile or not Path(spy).exists():
+        return []
+    recorders = []
+    for pid, (label, _) in snapshot.items():
+        if label not in ("jasmind", "interceptord"):
+            continue
+        out = Path(args.profile) / f"{conf.key}-{name.replace(' ', '-')}-{label}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        recorders.append(subprocess.Popen(
+            [spy, "record", "-p", str(pid), "-f", "raw", "-r", "250", "-o", str(out),
+             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return recorders
 
 
-def stop_profile(spy: subprocess.Popen | None) -> None:
-    if spy is None:
-        return
-    spy.send_signal(signal.SIGINT)
-    try:
-        spy.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        spy.kill()
+def stop_profile(recorders: list[subprocess.Popen]) -> None:
+    for spy in recorders:
+        spy.send_signal(signal.SIGINT)
+    for spy in recorders:
+        try:
+            spy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
 
 
 def accepted(result: dict) -> int:

@@ -55,12 +55,14 @@ class CreditsJasminDaemon(JasminDaemon):
     ``runtime`` (optional) must provide ``start()`` and ``stop()`` returning Deferreds,
     ``in_process`` (bool), ``make_interceptor_client()``, ``install_jcli(factory)`` and
     ``install_http(http_api_resource)``; optionally ``install_router(router_pb)`` and, in
-    process only, ``install_client_manager(smppcm_pb)``. Hook order in :meth:`start`: Jasmin
-    corrections, ``runtime.start()`` (a failure stops the daemon with exit code 1), then
-    jasmind's own start, during which the in-process interceptor client replaces Jasmin's PB
-    client (and is handed by jasmind to the SMPP server factory, the HTTP API and the SMPP
-    client manager), and ``install_router``, ``install_client_manager``, ``install_http`` and
-    ``install_jcli`` run right after their objects are built.
+    process only, ``install_amqp_broker(amqp_factory)`` and
+    ``install_client_manager(smppcm_pb)``. Hook order in :meth:`start`: Jasmin corrections,
+    ``runtime.start()`` (a failure stops the daemon with exit code 1), then jasmind's own
+    start, during which the in-process interceptor client replaces Jasmin's PB client (and
+    is handed by jasmind to the SMPP server factory, the HTTP API and the SMPP client
+    manager), and ``install_amqp_broker``, ``install_router``, ``install_client_manager``,
+    ``install_http`` and ``install_jcli`` run right after their objects are built (the SMPP
+    client connectors start later: at jCli's ``load`` or on an operator's command).
     ``runtime.stop()`` runs before reactor shutdown, after jasmind stopped its services.
     With ``charging.mode: pre-routing`` the SMPP server and ``/send`` charge through
     :mod:`jasmin_credits.interceptors.prehook` instead of the interceptor client.
@@ -130,6 +132,19 @@ class CreditsJasminDaemon(JasminDaemon):
             disconnect = getattr(client, "disconnect", None)
             return disconnect() if disconnect is not None else None
         return super().stopInterceptorPBClient()
+
+    def startAMQPBrokerService(self) -> Any:  # noqa: N802 - jasmind API
+        """jasmind's AMQP broker client, then ``runtime.install_amqp_broker(factory)``.
+
+        Before anything publishes through it: the router, the SMPP client manager and every
+        connector's listener get this one factory afterwards; the runtime wraps its
+        ``publish`` to settle the SMSC's answers in process (``settlement.link: queueing``).
+        """
+        result = super().startAMQPBrokerService()
+        install = getattr(self.runtime, "install_amqp_broker", None)
+        if install is not None and self._in_process():
+            install(self.components["amqp-broker-factory"])
+        return result
 
     def startSMPPClientManagerPBService(self) -> Any:  # noqa: N802 - jasmind API
         """jasmind's SMPP client manager, then ``runtime.install_client_manager(manager)``.

@@ -14,7 +14,9 @@ for it. Settlement then needs no copy of every PDU from RabbitMQ (unpickling it 
 400 µs of CPU per message).
 
 Failures never reach Jasmin. With Redis unavailable a link is retried with doubling delays
-(``initial_delay`` up to ``max_delay``) for at most ``give_up_after`` seconds: the runtime
+(``initial_delay`` up to ``max_delay``) for at most ``give_up_after`` seconds, by
+:class:`~jasmin_credits.retrying.BackgroundRetry` (shared with
+:mod:`jasmin_credits.observing`, which settles the SMSC's answers the same way): the runtime
 passes the store's ``pending_outcome_ttl``, because a late link still charges (the store
 holds the credits again if the sweeper released them meanwhile, and applies the SMSC's
 answer it kept) until that kept answer expires. A link is given up after that, when more
@@ -35,147 +37,48 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
-from .errors import StoreUnavailable
 from .metrics import NO_METRICS
+from .retrying import BackgroundRetry, wrap_method
 from .settlement import PDU_ATTRIBUTE, link_tagged
 from .store import CreditStore
 
 log = logging.getLogger("jasmin-credits.linking")
 
 
-class QueueingLinker:
+class QueueingLinker(BackgroundRetry):
     """Links held messages to their Jasmin message id, retrying while Redis is unavailable.
 
-    :meth:`submitted` starts one link and returns at once; it never raises. ``clock`` times
-    the retries. ``linked`` and ``given_up`` count what happened (for tests and logs).
+    :meth:`submitted` starts one link and returns at once; it never raises. The retry
+    settings (``give_up_after``, ``initial_delay``, ...) and :meth:`stop` are those of
+    :class:`~jasmin_credits.retrying.BackgroundRetry`; ``linked`` and ``given_up`` count
+    what happened (for tests and logs), ``metrics`` counts retries and links given up.
     """
 
-    def __init__(
-        self,
-        store: CreditStore,
-        *,
-        clock: IReactorTime,
-        give_up_after: float = 21_600.0,
-        initial_delay: float = 0.5,
-        max_delay: float = 30.0,
-        max_waiting: int = 100_000,
-        warn_every: float = 10.0,
-        metrics: Any = NO_METRICS,
-    ):
-        if not 0 < initial_delay <= max_delay:
-            raise ValueError("need 0 < initial_delay <= max_delay")
+    what = "message link"
+    log = logging.getLogger("jasmin-credits.linking")
+
+    def __init__(self, store: CreditStore, *, clock: IReactorTime, metrics: Any = NO_METRICS,
+                 **retry: Any):
+        super().__init__(clock=clock, on_retry=metrics.link_retried,
+                         on_give_up=metrics.link_given_up, **retry)
         self.store = store
-        self.clock = clock
-        self.give_up_after = give_up_after
-        self.initial_delay = initial_delay
-        self.max_delay = max_delay
-        self.max_waiting = max_waiting
-        self.warn_every = warn_every
         self.metrics = metrics
-        self.linked = 0
-        self.given_up = 0
-        self._pending: set[Deferred] = set()
-        self._sleeping: dict[Deferred, IDelayedCall] = {}
-        self._stopping = False
-        self._last_warning: float | None = None
 
     @property
-    def waiting(self) -> int:
-        """Links waiting for their next attempt."""
-        return len(self._sleeping)
-
-    @property
-    def pending(self) -> int:
-        """Links not finished yet (in flight or waiting)."""
-        return len(self._pending)
+    def linked(self) -> int:
+        """Links written."""
+        return self.done
 
     def submitted(self, msgid: str, pdu: Any) -> None:
         """Jasmin queued ``pdu`` (a tagged SubmitSM, head of its chain) as ``msgid``: link it."""
-        retry = not self._stopping and len(self._sleeping) < self.max_waiting
-        d = Deferred.fromCoroutine(self._link(msgid, pdu, retry))
-        if not d.called:
-            self._pending.add(d)
-            d.addBoth(self._finished, d)
-        d.addErrback(self._unexpected, msgid)
-
-    async def _link(self, msgid: str, pdu: Any, retry: bool) -> None:
-        started = self.clock.seconds()
-        delay = self.initial_delay
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                await link_tagged(self.store, msgid, pdu)
-            except StoreUnavailable as error:
-                waited = self.clock.seconds() - started
-                if not retry or self._stopping or waited + delay > self.give_up_after:
-                    self._give_up(msgid, pdu, f"credit store unavailable after {attempts} "
-                                              f"attempt(s): {error}")
-                    return
-                self.metrics.link_retried()
-                self._warn(error)
-                await self._sleep(delay)
-                delay = min(delay * 2, self.max_delay)
-            except ValueError as error:  # a malformed tag: retrying cannot help
-                self._give_up(msgid, pdu, f"malformed tag: {error}")
-                return
-            except Exception as error:  # noqa: BLE001 - a bug must not become a retry loop
-                log.exception("linking message %s failed", msgid)
-                self._give_up(msgid, pdu, f"{type(error).__name__}: {error}")
-                return
-            else:
-                self.linked += 1
-                if attempts > 1:
-                    log.debug("message %s linked after %d attempts", msgid, attempts)
-                return
-
-    def _give_up(self, msgid: str, pdu: Any, why: str) -> None:
-        self.given_up += 1
-        self.metrics.link_given_up()
-        log.error("message %s not linked to its hold %r (%s): the sweeper releases the hold, "
-                  "the message is not charged", msgid, getattr(pdu, PDU_ATTRIBUTE, None), why)
-
-    def _warn(self, error: Exception) -> None:
-        now = self.clock.seconds()
-        if self._last_warning is None or now - self._last_warning >= self.warn_every:
-            self._last_warning = now
-            log.warning("credit store unavailable (%s): %d message link(s) waiting to retry",
-                        error, len(self._sleeping) + 1)
-
-    def _sleep(self, delay: float) -> Deferred:
-        d: Deferred = Deferred()
-        self._sleeping[d] = self.clock.callLater(delay, self._wake, d)
-        return d
-
-    def _wake(self, d: Deferred) -> None:
-        call = self._sleeping.pop(d, None)
-        if call is not None and call.active():
-            call.cancel()
-        d.callback(None)
-
-    def _finished(self, result: Any, d: Deferred) -> Any:
-        self._pending.discard(d)
-        return result
-
-    def _unexpected(self, failure: Any, msgid: str) -> None:
-        self.given_up += 1
-        self.metrics.link_given_up()
-        log.error("linking message %s failed: %s", msgid, failure.getTraceback())
-
-    def stop(self) -> Deferred:
-        """Try every waiting link once more, now; fire when no link is in flight.
-
-        Bounded by the store's call timeout. Links submitted from now on are tried once.
-        """
-        self._stopping = True
-        for d in list(self._sleeping):
-            self._wake(d)
-        if not self._pending:
-            return succeed(None)
-        return DeferredList(list(self._pending), consumeErrors=True).addCallback(lambda _: None)
+        self.run(lambda: link_tagged(self.store, msgid, pdu), f"link of message {msgid}",
+                 lambda why: log.error(
+                     "message %s not linked to its hold %r (%s): the sweeper releases the "
+                     "hold, the message is not charged", msgid,
+                     getattr(pdu, PDU_ATTRIBUTE, None), why))
 
 
 class LinkingSubmitSm:
@@ -212,22 +115,14 @@ class LinkingSubmitSm:
         return msgid
 
     def _failed(self) -> None:
-        log.exception("cannot link a queued message: the sweeper releases its hold")
-        try:
-            self.linker.metrics.link_given_up()
-        except Exception:  # noqa: BLE001 - nothing more to do
-            pass
+        self.linker.failed_before_run(
+            "cannot link a queued message: the sweeper releases its hold")
 
 
 def install(client_manager: Any, linker: QueueingLinker) -> LinkingSubmitSm:
     """Wrap ``client_manager.perspective_submit_sm`` (Jasmin's ``SMPPClientManagerPB``
     instance, shared by its SMPP server and HTTP API) so queued messages are linked."""
-    current = client_manager.perspective_submit_sm
-    if isinstance(current, LinkingSubmitSm):
-        return current
-    wrapper = LinkingSubmitSm(current, linker)
-    client_manager.perspective_submit_sm = wrapper
-    return wrapper
+    return wrap_method(client_manager, "perspective_submit_sm", LinkingSubmitSm, linker)
 
 
 __all__ = ["LinkingSubmitSm", "QueueingLinker", "install"]

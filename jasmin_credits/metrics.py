@@ -23,6 +23,10 @@ Metrics (all names start with ``jasmin_credits_``):
 ``events_failed_total{sink}``               counter    deliveries given up after retries
 ``link_retries_total``                      counter    links at queueing time retried (Redis)
 ``links_given_up_total``                    counter    holds left unlinked after every retry
+``outcome_retries_total``                   counter    SMSC answers and receipts settled in
+                                                       process retried (Redis)
+``outcomes_given_up_total``                 counter    answers and receipts left unsettled
+                                                       after every retry
 ==========================================  =========  =====================================
 
 Counters count what this process did since it started (each gateway exposes its own;
@@ -209,6 +213,12 @@ class NoMetrics:
     def link_given_up(self) -> None:
         pass
 
+    def outcome_retried(self) -> None:
+        pass
+
+    def outcome_given_up(self) -> None:
+        pass
+
     def observe_store_call(self, seconds: float) -> None:
         pass
 
@@ -251,6 +261,14 @@ class CreditMetrics(NoMetrics):
         self.links_given_up = r.counter(
             p + "links_given_up_total",
             "Holds left unlinked to their message id after every retry (not charged).")
+        self.outcome_retries = r.counter(
+            p + "outcome_retries_total",
+            "SMSC answers and delivery receipts settled in process retried (store "
+            "unavailable).")
+        self.outcomes_given_up = r.counter(
+            p + "outcomes_given_up_total",
+            "SMSC answers and delivery receipts left unsettled after every retry (the sweeper "
+            "settles those messages).")
         self._store: Any = None
 
     # -- hooks --------------------------------------------------------------------------
@@ -280,6 +298,12 @@ class CreditMetrics(NoMetrics):
 
     def link_given_up(self) -> None:
         self.links_given_up.inc()
+
+    def outcome_retried(self) -> None:
+        self.outcome_retries.inc()
+
+    def outcome_given_up(self) -> None:
+        self.outcomes_given_up.inc()
 
     def observe_store_call(self, seconds: float) -> None:
         self.store_calls.observe(seconds)

@@ -141,9 +141,10 @@ class CreditsRuntime:
             # Before Jasmin takes traffic: its events only reach queues that exist.
             from .settlement import QueueNames, declare_queues
 
+            from_events = self.config.settlement.link == "events"
             await declare_queues(self.config.amqp,
                                  QueueNames.with_prefix(self.config.settlement.queue_prefix),
-                                 link_from_events=self.config.settlement.link == "events",
+                                 link_from_events=from_events, outcomes_from_events=from_events,
                                  reactor=self.reactor, clock=self.reactor)
 
         self.services = [CardReloadListener(self)]
@@ -212,6 +213,31 @@ class CreditsRuntime:
         install(client_manager, linker)
         self.services.append(linker)
         return linker
+
+    def install_amqp_broker(self, amqp_factory: Any) -> Any:
+        """With ``settlement.link: queueing``, settle the SMSC's answers as jasmind publishes
+        them.
+
+        ``amqp_factory`` is jasmind's ``AmqpFactory`` (its ``publish`` is wrapped, see
+        :mod:`jasmin_credits.observing`): ``dlr.submit_sm_resp`` always, ``dlr.deliver_sm``
+        when ``settlement.dlr_refund`` names stats. Answers the observer (stopped with the
+        runtime), or None when settlement reads those events from RabbitMQ (``events``) or
+        is disabled.
+        """
+        s = self.config.settlement
+        if s.link != "queueing" or not self.in_process or not s.enabled:
+            return None
+        if self.store is None:
+            raise RuntimeError("start() the runtime before installing the observer")
+        from .observing import OutcomeObserver, install
+        from .services import make_settlement
+
+        observer = OutcomeObserver(
+            make_settlement(self), clock=self.reactor, metrics=self.metrics,
+            give_up_after=self.config.store.pending_outcome_ttl.total_seconds())
+        install(amqp_factory, observer)
+        self.services.append(observer)
+        return observer
 
     def install_router(self, router_pb: Any) -> None:
         """Give messages no interceptor matches a pass-through one (``ensure_interceptor``)."""

@@ -2,7 +2,8 @@
 
 Started by :class:`~jasmin_credits.runtime.CreditsRuntime`; each has ``stop()`` returning
 a Deferred. None of them blocks start-up: RabbitMQ or Redis being down at start only
-delays settlement (Jasmin keeps its events queued in our durable queues meanwhile).
+delays settlement (Jasmin keeps its events queued in our durable queues meanwhile, under
+``settlement.link: events``; under ``queueing`` the gateway retries in memory).
 """
 
 from __future__ import annotations
@@ -80,18 +81,30 @@ class CardReloadListener:
         return succeed(None)
 
 
+def make_settlement(runtime: CreditsRuntime) -> Settlement:
+    """The settlement handlers as the config sets them (for the consumer and, under
+    ``settlement.link: queueing``, for the gateway's in-process observer)."""
+    s = runtime.config.settlement
+    return Settlement(runtime.store, dlr_refund_stats=s.dlr_refund,
+                      metrics=getattr(runtime, "metrics", None),
+                      retry_statuses=s.retry_statuses)
+
+
 async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
-    """Start settlement and the sweeper; return them (to stop)."""
+    """Start settlement and the sweeper; return them (to stop).
+
+    Under ``settlement.link: queueing`` the consumer binds nothing (the gateway links and
+    settles in process) and only drains queues an earlier configuration left.
+    """
     config = runtime.config
     s = config.settlement
-    settlement = Settlement(runtime.store, dlr_refund_stats=s.dlr_refund,
-                            metrics=getattr(runtime, "metrics", None),
-                            retry_statuses=s.retry_statuses)
+    from_events = s.link == "events"
     consumer = SettlementConsumer(
-        settlement,
+        make_settlement(runtime),
         config.amqp,
         queues=QueueNames.with_prefix(s.queue_prefix),
-        link_from_events=s.link == "events",
+        link_from_events=from_events,
+        outcomes_from_events=from_events,
         reactor=runtime.reactor,
         clock=runtime.reactor,
     )

@@ -1,9 +1,11 @@
 """``jasmin-credits-settled``: settlement, the sweeper, plans and event delivery, out of jasmind.
 
 With ``settlement.process: separate`` the gateway processes (our jasmind launcher, our
-interceptord) only charge; this daemon consumes Jasmin's AMQP events, settles holds,
-sweeps, runs top-up plans and publishes events. It keeps that work off jasmind's single
-reactor thread (Jasmin runs dlrd and dlrlookupd as separate daemons for the same reason).
+interceptord) only charge (and, under ``settlement.link: queueing``, link and settle in
+process); this daemon consumes Jasmin's AMQP events (``settlement.link: events`` only),
+settles holds, sweeps, runs top-up plans and publishes events. It keeps that work off
+jasmind's single reactor thread (Jasmin runs dlrd and dlrlookupd as separate daemons for the
+same reason).
 Run one or more (they share the work through the same queues); every operation is
 idempotent, so a restart or a second instance never charges twice.
 """

@@ -3,9 +3,10 @@
 Settlement inside jasmind costs its single reactor CPU for every event it handles (about
 400 µs per message when it also decodes every pickled PDU Jasmin publishes, under
 ``settlement.link: events``); in a separate process it runs on another core
-(docs/benchmarks.md). The gateway still links holds as Jasmin queues them
-(``settlement.link: queueing``); the child reads the same config, so it knows not to
-consume ``submit.sm.*``. This keeps that process as easy to deploy as no process at all: the
+(docs/benchmarks.md). Under ``settlement.link: queueing`` the gateway still links holds as
+Jasmin queues them and settles the SMSC's answers as jasmind publishes them; the child reads
+the same config, so it knows to consume none of Jasmin's events (it sweeps, runs plans and
+delivers events). This keeps that process as easy to deploy as no process at all: the
 launcher (or our interceptord) spawns it with the same config, forwards its log lines,
 restarts it if it dies (back-off up to 30 s) and stops it on shutdown. Under systemd the
 child is in the service's control group and dies with it.

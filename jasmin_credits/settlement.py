@@ -29,10 +29,13 @@ A reservation travels with the message: the charging step sets ``pdu.jasmin_cred
 The store makes every call idempotent, so redeliveries, two consumers, or two gateways
 sharing or duplicating the queues settle each message once.
 
-:class:`SettlementConsumer` wires the handlers to queues of our own on exchange
-``messaging``: it acks after the store call succeeded, requeues after ``requeue_delay`` when
-Redis is unavailable (never lost, never a hot loop) and acks (after logging) a message it
-cannot read, so one bad message never stops settlement.
+With ``settlement.link: events``, :class:`SettlementConsumer` wires the handlers to queues
+of our own on exchange ``messaging``: it acks after the store call succeeded, requeues
+after ``requeue_delay`` when Redis is unavailable (never lost, never a hot loop) and acks
+(after logging) a message it cannot read, so one bad message never stops settlement. With
+``queueing`` (the default in our launcher) the gateway hands both ``dlr.*`` events to the
+same handlers as jasmind publishes them (:mod:`jasmin_credits.observing`), and the consumer
+only drains what queues of an earlier configuration still hold.
 """
 
 from __future__ import annotations
@@ -366,62 +369,81 @@ class QueueNames:
 
 
 Handler = Callable[[bytes, Mapping[str, Any]], Awaitable[Outcome]]
+Route = tuple[str, tuple[str, ...], Handler]
+"""A queue, the routing keys it is bound to, the handler of its events."""
 
 
-def bindings(queues: QueueNames, *, link_from_events: bool = True
-             ) -> list[tuple[str, tuple[str, ...]]]:
-    """Our queues and the routing keys each is bound to on ``messaging``.
+def bindings(queues: QueueNames, *, link_from_events: bool = True,
+             outcomes_from_events: bool = True) -> list[tuple[str, tuple[str, ...]]]:
+    """Our queues and the routing keys each is bound to on ``messaging``; with the defaults,
+    every queue settlement can use.
 
     Without ``link_from_events`` (``settlement.link: queueing``: the gateway links as Jasmin
-    queues) there is no ``submit_sm`` queue: nobody needs a copy of every PDU.
+    queues) there is no ``submit_sm`` queue: nobody needs a copy of every PDU. Without
+    ``outcomes_from_events`` (also ``queueing``: the gateway settles the SMSC's answers as
+    Jasmin publishes them, :mod:`jasmin_credits.observing`) there is no ``submit_sm_resp``
+    nor ``deliver_sm`` queue.
     """
-    found = [(queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS), (queues.deliver_sm, DELIVER_SM_KEYS)]
+    found = []
     if link_from_events:
-        found.insert(0, (queues.submit_sm, SUBMIT_SM_KEYS))
+        found.append((queues.submit_sm, SUBMIT_SM_KEYS))
+    if outcomes_from_events:
+        found += [(queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS),
+                  (queues.deliver_sm, DELIVER_SM_KEYS)]
     return found
 
 
 async def retire_queue(client: Any, queue: str, routing_keys: Iterable[str],
                        channel_id: int = 2) -> int | None:
     """Unbind our durable ``queue`` from ``messaging`` if it exists; answer how many messages
-    it still holds (None: no such queue).
+    it still holds once unbound (None: no such queue).
 
-    Used for the ``submit_sm`` queue under ``settlement.link: queueing``: left bound after a
-    switch from ``events``, it would collect a copy of every message with nobody reading
-    it. The queue itself stays (a settlement process still on ``events`` may be reading
-    it; delete it by hand once empty). Runs on a channel of its own (``channel_id``): asking
-    for a queue that does not exist makes the broker close the channel it was asked on.
+    Used for the queues settlement no longer consumes under ``settlement.link: queueing``
+    (``submit_sm``, ``submit_sm_resp``, ``deliver_sm``): left bound after a switch from
+    ``events``, each would collect a copy of every event with nobody reading it. The queue
+    itself stays (a settlement process still on ``events`` may be reading it; delete it by
+    hand once empty). Runs on a channel of its own (``channel_id``, one per queue retired on
+    a connection): asking for a queue that does not exist makes the broker close the
+    channel it was asked on.
     """
     channel = await client.channel(channel_id)
     await channel.channel_open()
     try:
-        reply = await channel.queue_declare(queue=queue, passive=True)
+        await channel.queue_declare(queue=queue, passive=True)
     except ChannelClosed as error:
         if getattr(error.args[0] if error.args else None, "reply_code", None) != 404:
             raise
         return None  # NOT_FOUND (the broker closed this channel)
     for key in routing_keys:
         await channel.queue_unbind(queue=queue, exchange=EXCHANGE, routing_key=key)
+    reply = await channel.queue_declare(queue=queue, passive=True)  # nothing arrives now
     await channel.channel_close()
     return int(reply.message_count)
 
 
 async def declare_queues(settings: AmqpSettings, queues: QueueNames, *,
                          link_from_events: bool = True,
+                         outcomes_from_events: bool = True,
                          reactor: IReactorTCP | None = None,
                          clock: IReactorTime | None = None) -> bool:
     """Declare our durable queues and their bindings once, and wait for it.
 
     A gateway does this before Jasmin takes traffic: events Jasmin publishes on its
     non-durable exchange before our queues exist are lost to settlement (the first seconds
-    after a first install, or while a separate settlement process starts). Without
-    ``link_from_events`` the ``submit_sm`` queue is not declared; one an earlier configuration
-    left is the settlement consumer's to retire (it reads the same config, and a consumer
-    still on ``events`` elsewhere keeps it). Answers False (after logging) when the broker
-    does not answer within ``settings.connect_timeout``.
+    after a first install, or while a separate settlement process starts). Only the queues
+    of :func:`bindings` are declared (none at all under ``settlement.link: queueing``, and
+    then the broker is not asked); one an earlier configuration left is the settlement
+    consumer's to retire (it reads the same config, and a consumer still on ``events``
+    elsewhere keeps it). Answers False (after logging) when the broker does not answer
+    within ``settings.connect_timeout``.
     """
+    wanted = bindings(queues, link_from_events=link_from_events,
+                      outcomes_from_events=outcomes_from_events)
+    if not wanted:
+        return True
+
     async def declare(client: Any, channel: Any) -> None:
-        for queue, keys in bindings(queues, link_from_events=link_from_events):
+        for queue, keys in wanted:
             await declare_bound_queue(channel, queue, keys)
 
     connection = AmqpConnection(settings, declare, reactor=reactor, clock=clock)
@@ -440,10 +462,13 @@ class SettlementConsumer:
     """Consumes ``submit.sm.*``, ``dlr.submit_sm_resp`` and ``dlr.deliver_sm`` from
     ``messaging`` through our own durable queues and feeds them to a :class:`Settlement`.
 
-    Without ``link_from_events`` (``settlement.link: queueing``) it neither binds nor
-    consumes ``submit.sm.*``: at each connection it unbinds a ``submit_sm`` queue an earlier
-    configuration left (:func:`retire_queue`) and, if events wait there, links them (a
-    message linked twice is linked once), so a switch from ``events`` loses none.
+    Without ``link_from_events`` it neither binds nor consumes ``submit.sm.*``, without
+    ``outcomes_from_events`` neither ``dlr.submit_sm_resp`` nor ``dlr.deliver_sm``
+    (``settlement.link: queueing`` turns both off: the gateway handles them in process; the
+    consumer then consumes nothing). At each connection it unbinds every queue of ours it
+    does not consume that an earlier configuration left (:func:`retire_queue`) and, if
+    events wait there, settles them (every handler is idempotent), so a switch from
+    ``events`` loses none.
 
     Acks after the handler returned; on :class:`StoreUnavailable` rejects with requeue after
     ``requeue_delay`` seconds (the message stays unacked meanwhile, so ``prefetch`` also
@@ -460,12 +485,14 @@ class SettlementConsumer:
         prefetch: int = 50,
         requeue_delay: float = 5.0,
         link_from_events: bool = True,
+        outcomes_from_events: bool = True,
         reactor: IReactorTCP | None = None,
         clock: IReactorTime | None = None,
     ):
         self.settlement = settlement
         self.queues = queues or QueueNames()
         self.link_from_events = link_from_events
+        self.outcomes_from_events = outcomes_from_events
         self.prefetch = prefetch
         self.requeue_delay = requeue_delay
         self.connection = AmqpConnection(amqp, self._on_ready, reactor=reactor, clock=clock)
@@ -477,14 +504,17 @@ class SettlementConsumer:
         self.handled: dict[Outcome | str, int] = {}
         """Counts of handled events by outcome, plus ``requeued`` (for metrics and tests)."""
 
-    def _routes(self) -> list[tuple[str, tuple[str, ...], Handler]]:
+    def _routes(self) -> tuple[list[Route], list[Route]]:
+        """The queues to consume, and those to retire: ``(queue, routing keys, handler)``."""
         s = self.settlement
         handlers = {self.queues.submit_sm: s.submit_sm,
                     self.queues.submit_sm_resp: s.submit_sm_resp,
                     self.queues.deliver_sm: s.deliver_sm}
-        return [(queue, keys, handlers[queue])
-                for queue, keys in bindings(self.queues,
-                                            link_from_events=self.link_from_events)]
+        consumed = bindings(self.queues, link_from_events=self.link_from_events,
+                            outcomes_from_events=self.outcomes_from_events)
+        routes = [(queue, keys, handlers[queue]) for queue, keys in bindings(self.queues)]
+        return ([r for r in routes if r[:2] in consumed],
+                [r for r in routes if r[:2] not in consumed])
 
     def start(self) -> Deferred:
         """Start consuming; the Deferred fires once the first connection consumes (or at
@@ -515,16 +545,15 @@ class SettlementConsumer:
 
     async def _on_ready(self, client: Any, channel: Any) -> None:
         await channel.basic_qos(prefetch_count=self.prefetch)
-        routes = self._routes()
+        routes, retired = self._routes()
         for queue, keys, _ in routes:
             await declare_bound_queue(channel, queue, keys)
-        if not self.link_from_events:
-            left = await retire_queue(client, self.queues.submit_sm, SUBMIT_SM_KEYS)
+        for channel_id, (queue, keys, handler) in enumerate(retired, start=2):
+            left = await retire_queue(client, queue, keys, channel_id)
             if left:
-                log.warning("%s holds %d submit.sm events from settlement.link: events: "
-                            "linking them; the queue is unbound (delete it once empty)",
-                            self.queues.submit_sm, left)
-                routes.append((self.queues.submit_sm, (), self.settlement.submit_sm))
+                log.warning("%s holds %d events of an earlier settlement.link: settling them; "
+                            "the queue is unbound (delete it once empty)", queue, left)
+                routes.append((queue, (), handler))
         for queue, _, handler in routes:
             tag = f"{queue}.{uuid.uuid4().hex[:12]}"
             await channel.basic_consume(queue=queue, no_ack=False, consumer_tag=tag)

@@ -22,22 +22,33 @@ from .test_settlement import UID, charges, funded, hold, money, resp, wire
 REF = "1795000000000-abcdef012345"
 
 
-class FakeStore:
-    """Records ``link`` calls; ``failures`` StoreUnavailable answers first (-1: always)."""
+class Flaky:
+    """Fails its first ``failures`` calls with StoreUnavailable (-1: every call), every call
+    with ``error`` if set; counts ``attempts``."""
 
     def __init__(self, failures: int = 0, error: Exception | None = None):
         self.failures = failures
         self.error = error
-        self.links: list[tuple[str, str, str, int]] = []
         self.attempts = 0
 
-    async def link(self, uid: str, ref: str, msgid: str, parts: int, lazy: bool = False):
+    def attempt(self) -> None:
         self.attempts += 1
         if self.error is not None:
             raise self.error
         if self.failures:
             self.failures -= 1
             raise StoreUnavailable("injected")
+
+
+class FakeStore(Flaky):
+    """Records ``link`` calls, failing as :class:`Flaky` says."""
+
+    def __init__(self, failures: int = 0, error: Exception | None = None):
+        super().__init__(failures, error)
+        self.links: list[tuple[str, str, str, int]] = []
+
+    async def link(self, uid: str, ref: str, msgid: str, parts: int, lazy: bool = False):
+        self.attempt()
         self.links.append((uid, ref, msgid, parts))
 
         class Settled:
@@ -285,20 +296,25 @@ class ExactlyOnceTests(TestCase):
         self.assertEqual(await money(store), (1000 - 10, 0))
 
 
+async def unstarted_runtime(test, **settlement):
+    """A runtime on the test Redis with these ``settlement`` settings, not started."""
+    import os
+
+    from twisted.internet import reactor
+
+    from jasmin_credits.config import parse_config
+    from jasmin_credits.runtime import CreditsRuntime
+
+    from .redis_support import connect
+
+    config = parse_config({"redis": {"port": int(os.environ["JC_TEST_REDIS_PORT"])},
+                           "settlement": settlement}, "test.yaml")
+    return CreditsRuntime(config, reactor=reactor, redis=await connect(test))
+
+
 class RuntimeTests(TestCase):
     async def runtime(self, **settlement):
-        import os
-
-        from twisted.internet import reactor
-
-        from jasmin_credits.config import parse_config
-        from jasmin_credits.runtime import CreditsRuntime
-
-        from .redis_support import connect
-
-        config = parse_config({"redis": {"port": int(os.environ["JC_TEST_REDIS_PORT"])},
-                               "settlement": settlement}, "test.yaml")
-        return CreditsRuntime(config, reactor=reactor, redis=await connect(self))
+        return await unstarted_runtime(self, **settlement)
 
     async def test_queueing_wraps_the_client_manager_and_stops_with_the_runtime(self):
         """link: queueing installs the linker on jasmind's manager; the runtime stops it."""

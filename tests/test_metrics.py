@@ -66,6 +66,8 @@ class RegistryTests(SynchronousTestCase):
             "jasmin_credits_events_failed": "counter",
             "jasmin_credits_link_retries": "counter",
             "jasmin_credits_links_given_up": "counter",
+            "jasmin_credits_outcome_retries": "counter",
+            "jasmin_credits_outcomes_given_up": "counter",
         }
         self.assertEqual({n: f.type for n, f in parsed.items()}, expected)
 

@@ -18,7 +18,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from txamqp.client import ChannelClosed
 
-from jasmin_credits.amqp import AmqpConnection, declare_exchange
+from jasmin_credits.amqp import AmqpConnection, declare_bound_queue, declare_exchange
 from jasmin_credits.devservices import free_port
 from jasmin_credits.errors import StoreUnavailable
 from jasmin_credits.settlement import (
@@ -523,6 +523,45 @@ class ConsumerTests(TestCase):
                          what="the later resp handled")
         self.assertEqual(await self.message_count(names.submit_sm), 0)
         self.assertEqual(consumer.handled.get(Outcome.SETTLED), 3)  # no later submit.sm
+
+    async def test_outcomes_in_process_unbind_and_drain_every_queue(self):
+        """settlement.link: queueing settles nothing from RabbitMQ: nothing is declared, the
+        queues settlement.link: events left are unbound, the events they hold settle (none
+        lost in the switch), and later events no longer reach them."""
+        names = QueueNames.with_prefix(f"jasmin_credits.o{id(self):x}")
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        self.assertTrue(await declare_queues(self.amqp_settings, names))  # events
+        store = await funded(self)
+        conn = await self.publisher()
+        left = submit_sm(UID, await hold(store))
+        msgid = left.properties["message-id"]
+        await self.send_published(conn, left, msgid)
+
+        async def waiting():
+            return [await self.message_count(q) for q in (names.submit_sm,
+                                                          names.submit_sm_resp)] == [1, 1]
+        await eventually(waiting, what="the events waiting in the old queues")
+        nowhere = replace(self.amqp_settings, port=free_port(), connect_timeout=1.0)
+        self.assertTrue(await declare_queues(nowhere, names, link_from_events=False,
+                                             outcomes_from_events=False))  # never connects
+        consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
+                                      link_from_events=False, outcomes_from_events=False)
+        self.addCleanup(consumer.stop)
+        await consumer.start()
+        await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="leftover charged")
+        probe = f"{names.submit_sm}.probe"
+        channel = await conn.when_ready()
+        await declare_bound_queue(channel, probe, ("dlr.submit_sm_resp", "dlr.deliver_sm"))
+        self.addCleanup(lambda: channel.queue_delete(queue=probe))
+        await self.publish(conn, "dlr.submit_sm_resp", resp("m-later", "ESME_ROK"))
+        await self.publish(conn, "dlr.deliver_sm", receipt("ABC", "UNDELIV"))
+
+        async def routed():
+            return await self.message_count(probe) == 2
+        await eventually(routed, what="later events routed")
+        for queue in (names.submit_sm, names.submit_sm_resp, names.deliver_sm):
+            self.assertEqual(await self.message_count(queue), 0, queue)
+        self.assertEqual(consumer.handled, {Outcome.SETTLED: 2})  # the link and its resp
 
     async def test_declare_queues_gives_up_without_a_broker(self):
         """No broker: declare_queues answers False within its timeout instead of hanging."""

@@ -72,6 +72,21 @@ class StubRuntime:
         self.record("make_interceptor_client")
         return Client()
 
+    def install_amqp_broker(self, factory) -> None:
+        """Hook: jasmind's AMQP broker client built (in process only); from then on, every
+        ``dlr.*`` event jasmind publishes through it is recorded."""
+        self.record(f"install_amqp_broker {type(factory).__name__}")
+        publish = factory.publish
+
+        def recording(**kw):
+            if str(kw.get("routing_key")).startswith("dlr."):
+                content = kw["content"]
+                self.record(f"publish {kw['routing_key']} {content.body} "
+                            f"{content.properties.get('message-id')}")
+            return publish(**kw)
+
+        factory.publish = recording
+
     def install_client_manager(self, manager) -> None:
         """Hook: jasmind's SMPP client manager built (in process only)."""
         self.record(f"install_client_manager {type(manager).__name__}")
@@ -106,13 +121,36 @@ def hooked_gateway():
 
 
 def test_hooks_called_in_order(hooked_gateway):
-    """start, the interceptor client, then install_client_manager, install_http and
-    install_jcli with Jasmin's types."""
+    """start, the interceptor client, then install_amqp_broker, install_client_manager,
+    install_http and install_jcli with Jasmin's types."""
     _, events = hooked_gateway
     lines = events.read_text().splitlines()
-    assert lines[:5] == ["start", "make_interceptor_client",
+    assert lines[:6] == ["start", "make_interceptor_client",
+                         "install_amqp_broker AmqpFactory",
                          "install_client_manager SMPPClientManagerPB", "install_http HTTPApi",
                          "install_jcli JCliFactory"], lines
+
+
+def test_amqp_broker_hook_sees_the_connectors_answers(hooked_gateway):
+    """The factory the hook got is the one the SMPP client connector's listener publishes
+    its submit_sm_resp through: the answer of a message sent now is seen there."""
+    from jasmin_credits.localgateway import wait_until
+    from tests.smpp_client import SmppTestClient
+
+    gateway, events = hooked_gateway
+    client = SmppTestClient(gateway.smpp_port, "alice", "alicepwd")
+    try:
+        seq = client.submit("33655500003", b"answer seen")
+        client.pump(lambda: client.response_for(seq) is not None)
+        response = client.response_for(seq)
+        assert response.status == 0
+    finally:
+        client.close()
+    msgid = response.message_id
+    msgid = msgid.decode() if isinstance(msgid, bytes) else msgid
+    seen = f"publish dlr.submit_sm_resp ESME_ROK {msgid}"
+    wait_until(lambda: seen in events.read_text().splitlines(), 15,
+               message="the connector's submit_sm_resp published through the hooked factory")
 
 
 def test_in_process_interceptor_sees_smpp_and_http(hooked_gateway):

@@ -1,6 +1,8 @@
-"""Where a hold meets Jasmin's message id, on a real gateway: ``settlement.link: queueing``
-(the default: our launcher links as Jasmin queues the message, and nothing binds
-``submit.sm.*``) or ``events`` (settlement links from Jasmin's ``submit.sm.*`` events)."""
+"""Where a hold meets Jasmin's message id and its outcome, on a real gateway:
+``settlement.link: queueing`` (the default: our launcher links as Jasmin queues the message
+and settles the SMSC's answers and receipts as jasmind publishes them; none of our queues is
+bound) or ``events`` (settlement reads Jasmin's ``submit.sm.*``, ``dlr.submit_sm_resp`` and
+``dlr.deliver_sm`` events from our queues)."""
 
 from __future__ import annotations
 
@@ -12,21 +14,27 @@ import pytest
 import yaml
 
 from jasmin_credits.localgateway import ChildProcess, wait_until
+from tests.e2e.conftest import wait_received
 from tests.e2e.credits_support import PRICE, http, provision_with_routes, running_gateway, send
 
 UDHI = 0x40
 SUBMIT_SM_QUEUE = "jasmin_credits.submit_sm"
+OUR_QUEUES = {SUBMIT_SM_QUEUE: "submit.sm.*",
+              "jasmin_credits.submit_sm_resp": "dlr.submit_sm_resp",
+              "jasmin_credits.deliver_sm": "dlr.deliver_sm"}
+FAILING = "3398"  # the simulator answers ESME_RINVDSTADR (final: refunded at once)
+UNDELIVERED = "3397"  # the simulator's receipt says UNDELIV (refunded by dlr_refund)
 
 
 @pytest.fixture(scope="module", params=["queueing", "events"])
 def gateway(request):
     overrides = {"settlement": {"link": request.param, "unqueued_timeout": 2,
-                                "unanswered_timeout": 60, "sweep_interval": 0.5}}
-    with running_gateway(overrides, provision_with_routes) as gw:
-        queues = {"jasmin_credits.submit_sm_resp", "jasmin_credits.deliver_sm"}
+                                "unanswered_timeout": 60, "sweep_interval": 0.5,
+                                "dlr_refund": ["UNDELIV"]}}
+    smsc_args = ["--fail", f"{FAILING}=ESME_RINVDSTADR", "--dlr-stat", f"{UNDELIVERED}=UNDELIV"]
+    with running_gateway(overrides, provision_with_routes, smsc_args=smsc_args) as gw:
         if request.param == "events":
-            queues.add(SUBMIT_SM_QUEUE)
-        gw.wait_for_consumers(queues)
+            gw.wait_for_consumers(set(OUR_QUEUES))
         gw.link = request.param
         yield gw
 
@@ -58,18 +66,18 @@ def assert_charged_once(books, msgids: list[str]) -> None:
     assert {m: charged[m] for m in msgids} == {m: 1 for m in msgids}
 
 
-def test_submit_sm_queue_bound_and_consumed_only_with_events(gateway):
-    """queueing: our submit_sm queue is neither bound nor consumed; events: it is both."""
-    bindings = gateway.rabbitmq.bindings()
+def test_our_queues_bound_and_consumed_only_with_events(gateway):
+    """queueing: none of our queues is bound to submit.sm.*, dlr.submit_sm_resp or
+    dlr.deliver_sm, nor consumed (settlement reads nothing from RabbitMQ); events: all are."""
+    ours = {(queue, key) for exchange, queue, key in gateway.rabbitmq.bindings()
+            if exchange == "messaging" and queue.startswith("jasmin_credits.")}
     consumers = gateway.rabbitmq.queue_consumers()
-    assert ("messaging", "jasmin_credits.submit_sm_resp", "dlr.submit_sm_resp") in bindings
-    bound = ("messaging", SUBMIT_SM_QUEUE, "submit.sm.*") in bindings
     if gateway.link == "queueing":
-        assert not bound
-        assert consumers.get(SUBMIT_SM_QUEUE, 0) == 0
+        assert ours == set()
+        assert {q: consumers.get(q, 0) for q in OUR_QUEUES} == {q: 0 for q in OUR_QUEUES}
     else:
-        assert bound
-        assert consumers[SUBMIT_SM_QUEUE] == 1
+        assert ours == set(OUR_QUEUES.items())
+        assert {q: consumers[q] for q in OUR_QUEUES} == {q: 1 for q in OUR_QUEUES}
 
 
 def test_every_message_charged_exactly_once(gateway, smpp_client, books):
@@ -79,6 +87,35 @@ def test_every_message_charged_exactly_once(gateway, smpp_client, books):
     msgids, total = send_mix(gateway, smpp_client(), 1)
     books.wait_settled("alice", start - total)
     assert_charged_once(books, msgids)
+
+
+def test_an_error_response_refunds(gateway, smpp_client, books):
+    """The SMSC refuses a message Jasmin accepted: its hold is released, nothing charged."""
+    start = books.top_up("alice", 100_000)
+    response = send(smpp_client(), f"{FAILING}1200001")
+    assert response.status == 0  # Jasmin queued it; the SMSC answers the error later
+    wait_received(gateway, f"{FAILING}1200001")
+    books.wait_settled("alice", start)
+    assert msgid_of(response) not in {e.fields.get("msgid") for e in books.log("alice")}
+
+
+def test_an_undelivered_receipt_refunds(gateway, smpp_client, books):
+    """settlement.dlr_refund: [UNDELIV]: the message is charged at ESME_ROK, then refunded
+    by its UNDELIV receipt; a DELIVRD one stays charged."""
+    start = books.top_up("alice", 100_000)
+    client = smpp_client()
+    refunded = send(client, f"{UNDELIVERED}1200002", registered_delivery=True)
+    kept = send(client, "336121200003", registered_delivery=True)
+    assert (refunded.status, kept.status) == (0, 0)
+    # Jasmin still passes both receipts on to the client (its DLR daemons got the events).
+    client.pump(lambda: len(client.delivered) >= 2, timeout=20)
+    books.wait_settled("alice", start - PRICE["33"])
+    msgids = {msgid_of(refunded), msgid_of(kept)}
+    entries = [(e.type, e.fields["msgid"]) for e in books.log("alice")
+               if e.fields.get("msgid") in msgids]
+    assert sorted(entries) == sorted([("charge", msgid_of(refunded)),
+                                      ("refund", msgid_of(refunded)),
+                                      ("charge", msgid_of(kept))])
 
 
 def test_a_settled_still_on_events_links_again_harmlessly(gateway, smpp_client, books):

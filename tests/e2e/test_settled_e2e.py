@@ -1,10 +1,17 @@
 """Settlement out of jasmind: jasmin-credits-settled run by the operator
-(``settlement.process: separate``) or by the launcher itself (``child``)."""
+(``settlement.process: separate``) or by the launcher itself (``child``).
+
+With ``settlement.link: queueing`` (the default) the launcher links and settles the SMSC's
+answers in process and the daemon consumes nothing: it sweeps, runs plans and delivers
+events. With ``events`` the daemon consumes all of Jasmin's events."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from jasmin_credits.localgateway import wait_until
 from tests.e2e.credits_support import (
     PRICE,
     http,
@@ -13,30 +20,50 @@ from tests.e2e.credits_support import (
     send,
 )
 
+OUR_QUEUES = ("jasmin_credits.submit_sm", "jasmin_credits.submit_sm_resp",
+              "jasmin_credits.deliver_sm")
 
-@pytest.fixture(scope="module", params=["separate", "child"])
+
+def settled_running(config: Path) -> bool:
+    """Whether a ``jasmin_credits.settled`` process runs with this credits config."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"jasmin_credits.settled" in argv and str(config).encode() in argv:
+            return True
+    return False
+
+
+@pytest.fixture(scope="module", params=[("separate", "queueing"), ("child", "queueing"),
+                                        ("separate", "events")], ids="-".join)
 def gateway(request):
-    overrides = {"settlement": {"process": request.param, "unqueued_timeout": 2,
+    process, link = request.param
+    overrides = {"settlement": {"process": process, "link": link, "unqueued_timeout": 2,
                                 "unanswered_timeout": 60, "sweep_interval": 0.5}}
     with running_gateway(overrides, provision_with_routes,
                          smsc_args=["--fail", "3398=ESME_RINVDSTADR"]) as gw:
         # LocalGateway runs the daemon for "separate"; the launcher runs it for "child".
-        assert ("settled" in gw.children) == (request.param == "separate")
-        gw.wait_for_consumers({"jasmin_credits.submit_sm_resp", "jasmin_credits.deliver_sm"})
+        assert ("settled" in gw.children) == (process == "separate")
+        wait_until(lambda: settled_running(gw.credits_config), 30,
+                   message="jasmin-credits-settled running")
+        if link == "events":
+            gw.wait_for_consumers(set(OUR_QUEUES))
+        gw.link = link
         yield gw
 
 
-def test_only_the_daemon_consumes_jasmins_events(gateway):
-    """jasmind's reactor does no settlement: one consumer per queue, the daemon's; and with
-    the launcher linking at queueing (the default) nobody needs the submit.sm.* events."""
+def test_who_consumes_jasmins_events(gateway):
+    """events: one consumer per queue, the daemon's (jasmind's reactor consumes nothing);
+    queueing: no consumer at all (the launcher settles in process)."""
     consumers = gateway.rabbitmq.queue_consumers()
-    assert consumers["jasmin_credits.submit_sm_resp"] == 1
-    assert consumers["jasmin_credits.deliver_sm"] == 1
-    assert "jasmin_credits.submit_sm" not in consumers
+    expected = 1 if gateway.link == "events" else 0
+    assert {q: consumers.get(q, 0) for q in OUR_QUEUES} == {q: expected for q in OUR_QUEUES}
 
 
-def test_charged_by_the_daemon(gateway, smpp_client, books):
-    """jasmind only holds; jasmin-credits-settled charges from Jasmin's events."""
+def test_charged(gateway, smpp_client, books):
+    """SMPP and HTTP messages are charged (by the launcher, or by the daemon from events)."""
     start = books.top_up("alice", 10_000)
     assert send(smpp_client(), "447911000201").status == 0
     status, _ = http(gateway, "send", to="33612000201", content="d" * 400)
@@ -44,8 +71,8 @@ def test_charged_by_the_daemon(gateway, smpp_client, books):
     books.wait_settled("alice", start - PRICE["447"] - 3 * PRICE["33"])
 
 
-def test_errors_and_unqueued_holds_released_by_the_daemon(gateway, smpp_client, books):
-    """An SMSC error and a message with no route are released by the daemon."""
+def test_errors_and_unqueued_holds_released(gateway, smpp_client, books):
+    """An SMSC error is released, and a message with no route by the daemon's sweeper."""
     start = books.top_up("alice", 10_000)
     client = smpp_client()
     assert send(client, "3398000201").status == 0
