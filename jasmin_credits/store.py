@@ -363,19 +363,19 @@ class CreditStore:
                                                                         lazy)
         return Settled(status == OK, changed, balance, reserved, open_parts)
 
-    async def link(self, uid: str, ref: str, msgid: str, parts: int, *,
-                   lazy: bool = False) -> Settled:
+    def link(self, uid: str, ref: str, msgid: str, parts: int, *,
+             lazy: bool = False) -> Coroutine[Any, Any, Settled]:
         """Jasmin queued ``parts`` parts of reservation ``ref`` under message id ``msgid``.
 
         ``lazy`` (settlement's links: nobody waits on them) lets the call ride along with
         the next one to Redis (see :class:`~.scripts.Scripts`)."""
         if not msgid:
             raise ValueError("link needs a message id")
-        return await self._settle(uid, ref, "link", msgid=msgid, parts=parts, lazy=lazy)
+        return self._settle(uid, ref, "link", msgid=msgid, parts=parts, lazy=lazy)
 
-    async def commit(self, uid: str, ref: str, msgid: str = "") -> Settled:
+    def commit(self, uid: str, ref: str, msgid: str = "") -> Coroutine[Any, Any, Settled]:
         """Charge the parts queued under ``msgid`` (or every held part): they left."""
-        return await self._settle(uid, ref, "commit", msgid=msgid)
+        return self._settle(uid, ref, "commit", msgid=msgid)
 
     async def refund(
         self, uid: str, ref: str, reason: str, *, msgid: str = "", actor: str = "system"
