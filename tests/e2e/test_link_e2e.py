@@ -118,11 +118,11 @@ def test_an_undelivered_receipt_refunds(gateway, smpp_client, books):
                                       ("charge", msgid_of(kept))])
 
 
+@pytest.mark.parametrize("gateway", ["queueing"], indirect=True)
 def test_a_settled_still_on_events_links_again_harmlessly(gateway, smpp_client, books):
     """A jasmin-credits-settled left on link: events (its own queues) links every message a
     second time while the launcher links at queueing: each is still charged once."""
-    if gateway.link != "queueing":
-        pytest.skip("the duplicate comes from a gateway linking at queueing")
+    assert gateway.link == "queueing"
     data = yaml.safe_load(gateway.credits_config.read_text())
     data["settlement"].update(link="events", queue_prefix="jc_old", process="separate")
     config = gateway.rundir / "credits-old.yaml"
