@@ -199,9 +199,11 @@ class CreditsRuntime:
 
         ``client_manager`` is jasmind's ``SMPPClientManagerPB`` (its ``perspective_submit_sm``
         is wrapped, see :mod:`jasmin_credits.linking`). Answers the linker (stopped with the
-        runtime), or None when links come from ``submit.sm.*`` events.
+        runtime), or None when links come from ``submit.sm.*`` events or settlement is
+        disabled (``settlement.enabled: false``: this process settles nothing).
         """
-        if self.config.settlement.link != "queueing" or not self.in_process:
+        s = self.config.settlement
+        if s.link != "queueing" or not self.in_process or not s.enabled:
             return None
         if self.store is None:
             raise RuntimeError("start() the runtime before installing the linker")

@@ -328,6 +328,13 @@ class RuntimeTests(TestCase):
         await runtime.stop()
         self.assertTrue(linker._stopping)
 
+    async def test_settlement_disabled_links_nothing(self):
+        """settlement.enabled: false: this process settles nothing, links included."""
+        runtime = await self.runtime(enabled=False)
+        manager = client_manager()
+        self.assertIsNone(runtime.install_client_manager(manager))
+        self.assertNotIsInstance(manager.perspective_submit_sm, LinkingSubmitSm)
+
     async def test_events_leaves_jasmin_alone(self):
         """link: events: perspective_submit_sm stays Jasmin's own."""
         runtime = await self.runtime(link="events")
