@@ -13,6 +13,7 @@ measured, and stopped:
 5. ``pre-routing``: our launcher, ``charging.mode: pre-routing`` (no MT interceptor at all);
 6. as 5 with ``settlement.enabled: false``: what jasmind would reach if settlement ran in
    another process (not a complete deployment by itself);
+q. as 3 with ``settlement.link: queueing`` (opt-in: faster, not durable if jasmind dies);
 0. our launcher without credits: stock jasmind plus the 0.11.1
    submit_sm_resp correction, which makes jasmind publish the response events (and feed
    the DLR daemons) that stock 0.11.1 never gets to: the fair baseline for (3) and (5).
@@ -347,6 +348,10 @@ def configurations() -> dict[str, Configuration]:
                             "credits_overrides": {"charging": {"mode": "pre-routing"},
                                                   "settlement": {"process": "separate"}}},
                            False, True, True),
+        "q": Configuration("q", "launcher, in-process charging, settlement.link: queueing",
+                           {"credits_config": config,
+                            "credits_overrides": {"settlement": {"link": "queueing"}}},
+                           True, True, True),
         "9": Configuration("9", "stock jasmind + our interceptord, settlement in settled",
                            {**stock, "credits_config": config, "interceptord": True,
                             "credits_overrides": {"charging": {"mode": "interceptor-pb"},
@@ -521,7 +526,7 @@ def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], 
             spy = start_profile(args, conf, name, cpu_before)
             try:
                 result = run_client(args, kind, port, width, count, args.warmup,
-                                    prefix=f"447{conf.key}{n}")
+                                    prefix=f"447{conf.key if conf.key.isdigit() else 9}{n}")
             finally:
                 stop_profile(spy)
             result["cpu_us_per_msg"] = cpu_per_message(cpu_before, cpu_snapshot(),
@@ -676,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--http-messages", type=int, default=2000)
     parser.add_argument("--http-clients", type=int, default=10)
-    parser.add_argument("--configs", nargs="+", default=list("1203456789"),
+    parser.add_argument("--configs", nargs="+", default=list("1203456789q"),
                         choices=sorted(configurations()))
     parser.add_argument("--client-timeout", type=float, default=180.0,
                         help="seconds allowed to one measurement")

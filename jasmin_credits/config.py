@@ -387,7 +387,9 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     settlement = SettlementConfig(
         enabled=s.boolean("enabled", True),
         process=s.string("process", "gateway", ("gateway", "child", "separate")),
-        link=s.string("link", "events" if charging_mode == "interceptor-pb" else "queueing",
+        # events is the durable default: under queueing, a link or an answer still in the
+        # launcher's memory when jasmind dies is lost (tests/faults caught one such message)
+        link=s.string("link", "events",
                       ("queueing", "events")),
         queue_prefix=s.string("queue_prefix", "jasmin_credits"),
         unqueued_timeout=s.seconds("unqueued_timeout", 600.0),

@@ -70,8 +70,8 @@ def test_bad_values_name_file_key_and_problem(data, message, tmp_path):
 @pytest.mark.parametrize(
     "mode, link, expected",
     [
-        ("in-process", None, "queueing"),
-        ("pre-routing", None, "queueing"),
+        ("in-process", None, "events"),
+        ("pre-routing", None, "events"),
         ("interceptor-pb", None, "events"),
         ("in-process", "events", "events"),
         ("pre-routing", "events", "events"),
@@ -80,15 +80,15 @@ def test_bad_values_name_file_key_and_problem(data, message, tmp_path):
     ],
 )
 def test_settlement_link_defaults_by_charging_mode(mode, link, expected):
-    """Our launcher's modes link at queueing by default; interceptor-pb links from events."""
+    """Every mode links from events by default (durable); queueing is the launcher's opt-in."""
     settlement = {} if link is None else {"link": link}
     config = parse_config({"charging": {"mode": mode}, "settlement": settlement}, "f.yaml")
     assert config.settlement.link == expected
 
 
-def test_example_config_links_at_queueing():
+def test_example_config_links_from_events():
     """The shipped example documents the launcher's default."""
-    assert load_config(REPO / "config" / "credits.yaml").settlement.link == "queueing"
+    assert load_config(REPO / "config" / "credits.yaml").settlement.link == "events"
 
 
 def test_reservation_days_sets_reservation_and_link_lifetimes(tmp_path):

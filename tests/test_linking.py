@@ -297,7 +297,9 @@ class ExactlyOnceTests(TestCase):
 
 
 async def unstarted_runtime(test, **settlement):
-    """A runtime on the test Redis with these ``settlement`` settings, not started."""
+    """A runtime on the test Redis with these ``settlement`` settings (``link: queueing``
+    unless they say otherwise), not started."""
+    settlement = {"link": "queueing", **settlement}
     import os
 
     from twisted.internet import reactor
