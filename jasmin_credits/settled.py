@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)-8s %(name)s %(message)s")
 
-    from lockfile import AlreadyLocked, FileLock, LockTimeout
     from twisted.internet import reactor
 
+    from .daemonlock import AnotherRuns, single_instance
     from .runtime import CreditsRuntime
 
     try:
@@ -47,13 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"jasmin-credits-settled: {error}", file=sys.stderr)
         return 2
-    lock = FileLock(args.lock_file)
-    try:
-        lock.acquire(timeout=2)
-    except (LockTimeout, AlreadyLocked):
-        print(f"jasmin-credits-settled: another one runs (lock {args.lock_file})",
-              file=sys.stderr)
-        return 1
     exit_code = 0
 
     def started(_: Any) -> None:
@@ -71,13 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         d.addBoth(lambda _: reactor.stop())
 
     try:
-        signal.signal(signal.SIGINT, lambda *a: reactor.callFromThread(stop))
-        signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(stop))
-        reactor.callWhenRunning(lambda: runtime.start().addCallbacks(started, failed))
-        reactor.run(installSignalHandlers=False)
-    finally:
-        if lock.i_am_locking():
-            lock.release()
+        with single_instance(args.lock_file, "jasmin-credits-settled"):
+            signal.signal(signal.SIGINT, lambda *a: reactor.callFromThread(stop))
+            signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(stop))
+            reactor.callWhenRunning(lambda: runtime.start().addCallbacks(started, failed))
+            reactor.run(installSignalHandlers=False)
+    except AnotherRuns:
+        return 1
     return exit_code
 
 

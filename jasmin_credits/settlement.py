@@ -33,7 +33,7 @@ With ``settlement.link: events``, :class:`SettlementConsumer` wires the handlers
 of our own on exchange ``messaging``: it acks after the store call succeeded, requeues
 after ``requeue_delay`` when Redis is unavailable (never lost, never a hot loop) and acks
 (after logging) a message it cannot read, so one bad message never stops settlement. With
-``queueing`` (the default in our launcher) the gateway hands both ``dlr.*`` events to the
+``queueing`` (opt-in, our launcher only) the gateway hands both ``dlr.*`` events to the
 same handlers as jasmind publishes them (:mod:`jasmin_credits.observing`), and the consumer
 only drains what queues of an earlier configuration still hold.
 """

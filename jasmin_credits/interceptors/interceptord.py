@@ -131,9 +131,9 @@ class CreditsInterceptorDaemon(InterceptorDaemon):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jasmin-credits-interceptord``."""
-    from lockfile import AlreadyLocked, FileLock, LockTimeout
     from twisted.python import usage
 
+    from ..daemonlock import AnotherRuns, single_instance
     from ..runtime import CreditsRuntime
 
     options = Options()
@@ -147,27 +147,20 @@ def main(argv: list[str] | None = None) -> int:
         if runtime.config.settlement.link == "queueing":
             # Only our launcher links at queueing: with this daemon nobody would.
             raise ConfigError(runtime.config.source, "settlement.link",
-                              "queueing (the default unless charging.mode is interceptor-pb) "
-                              "needs our jasmind launcher; set charging.mode: interceptor-pb")
+                              "queueing needs our jasmind launcher; use events with "
+                              "charging.mode: interceptor-pb")
     except ConfigError as error:
         print(f"jasmin-credits-interceptord: {error}", file=sys.stderr)
         return 2
-    lock = FileLock(options["lock-file"])
     try:
-        lock.acquire(timeout=2)
-    except (LockTimeout, AlreadyLocked):
-        print(f"jasmin-credits-interceptord: another one runs (lock {options['lock-file']})",
-              file=sys.stderr)
+        with single_instance(options["lock-file"], "jasmin-credits-interceptord"):
+            daemon = CreditsInterceptorDaemon(options, runtime)
+            signal.signal(signal.SIGINT, daemon.sighandler_stop)
+            signal.signal(signal.SIGTERM, daemon.sighandler_stop)
+            reactor.callWhenRunning(daemon.start)
+            reactor.run()
+    except AnotherRuns:
         return 1
-    try:
-        daemon = CreditsInterceptorDaemon(options, runtime)
-        signal.signal(signal.SIGINT, daemon.sighandler_stop)
-        signal.signal(signal.SIGTERM, daemon.sighandler_stop)
-        reactor.callWhenRunning(daemon.start)
-        reactor.run()
-    finally:
-        if lock.i_am_locking():
-            lock.release()
     return 0
 
 

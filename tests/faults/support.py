@@ -333,3 +333,13 @@ def restart_under_load(gateway: LocalGateway, child: str) -> LoadResult:
         result = load.finish()
     return result
 
+
+def killed_and_restarted(gateway: LocalGateway, child: str) -> tuple[LoadResult, dict]:
+    """:func:`restart_under_load` on ``child``, then the books checked (a kill can lose
+    queued messages, so not every ESME_ROK must reach the SMSC); the load and its counts."""
+    start = Books(gateway).wallet("alice").balance
+    result = restart_under_load(gateway, child)
+    books = Books(gateway)
+    counts = summary(result, check_books(gateway, books, result, start, told_ok_all_sent=False))
+    print(f"{child} restart:", counts)
+    return result, counts
