@@ -8,9 +8,10 @@ interceptord). Parts are counted as Jasmin will send them:
   message (UDH or SAR). Then the first part that arrives holds credits for every part, so a
   long message is refused whole instead of half sent; later parts claim that reservation.
 
-The reservation ref travels on the PDU (see :mod:`jasmin_credits.settlement`) to Jasmin's
-queueing step, where our launcher links it to the message id (:mod:`jasmin_credits.linking`),
-or, with ``settlement.link: events``, into Jasmin's queue, where settlement links it.
+The reservation ref travels on the PDU (see :mod:`jasmin_credits.settlement`) into
+Jasmin's queue, where settlement links it to the message id (or, with the opt-in
+``settlement.link: queueing``, our launcher links it at Jasmin's queueing step:
+:mod:`jasmin_credits.linking`).
 """
 
 from __future__ import annotations
