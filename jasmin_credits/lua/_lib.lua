@@ -20,13 +20,15 @@ end
 
 -- Append one entry to a stream, trimming entries older than retention_ms. Stream ids come
 -- from Redis's clock, so the trimming point does too (entries carry our clock as 'ts').
+-- The trimming point is computed once per retention and script call.
+local minids = {}
 local function xadd(key, retention_ms, fields)
-  local minid = math.max(0, redis_now_ms() - int(retention_ms))
-  local args = {'XADD', key, 'MINID', '~', s(minid), '*'}
-  for i = 1, #fields do
-    args[#args + 1] = fields[i]
+  local minid = minids[retention_ms]
+  if not minid then
+    minid = s(math.max(0, redis_now_ms() - int(retention_ms)))
+    minids[retention_ms] = minid
   end
-  return redis.call(unpack(args))
+  return redis.call('XADD', key, 'MINID', '~', minid, '*', unpack(fields))
 end
 
 -- An event goes to the user's events log and to the outbox stream, which the event
@@ -34,11 +36,8 @@ end
 -- retention = ms, uid = uid}; every operation passes the outbox as its last key.
 local function emit(sink, fields)
   xadd(sink.events, sink.retention, fields)
-  local out = {'XADD', sink.outbox, 'MAXLEN', '~', '1000000', '*', 'uid', sink.uid}
-  for i = 1, #fields do
-    out[#out + 1] = fields[i]
-  end
-  redis.call(unpack(out))
+  redis.call('XADD', sink.outbox, 'MAXLEN', '~', '1000000', '*', 'uid', sink.uid,
+    unpack(fields))
 end
 
 -- Low-balance alert: one event per downward crossing of the threshold; any change that
@@ -75,40 +74,34 @@ end
 
 local USE_PATTERN = '^(%S+) (-?%d+) (-?%d+) (%S+) (-?%d+) (-?%d+) (%S+) (-?%d+) (-?%d+)$'
 
--- Per period of ids = {day, week, month}: {id, credits, msgs} as counted in the 'use'
--- value, zeros for a period the value does not count yet, or false when it already counts
--- a later period (a gateway whose clock is behind): that period is neither checked nor
--- counted.
+-- The 'use' value parsed for the periods ids = {day, week, month}, once per call (a reserve
+-- is the hot path): u = {day id, credits, msgs, week id, credits, msgs, month id, credits,
+-- msgs} with numbers; zeros for a period the value does not count yet; and u[10 + i] true
+-- for a period i the value already counts a later one of (a gateway whose clock is behind):
+-- that period is neither checked nor counted, and keeps what the value had.
 local function usage_of(value, ids)
   local u = {string.match(value or '', USE_PATTERN)}
-  local usage = {}
   for i = 1, 3 do
-    local stored = u[3 * i - 2]
+    local j = 3 * i - 2
+    local stored = u[j]
     if stored == ids[i] then
-      usage[i] = {ids[i], tonumber(u[3 * i - 1]), tonumber(u[3 * i])}
+      u[j + 1], u[j + 2] = tonumber(u[j + 1]), tonumber(u[j + 2])
     elseif stored and stored > ids[i] then
-      usage[i] = false
+      u[j + 1], u[j + 2], u[10 + i] = tonumber(u[j + 1]), tonumber(u[j + 2]), true
     else
-      usage[i] = {ids[i], 0, 0}
+      u[j], u[j + 1], u[j + 2] = ids[i], 0, 0
     end
   end
-  return usage
+  return u
 end
 
--- The 'use' value after adding credits and msgs to the periods counted in usage (a period
--- answered false keeps what the old value had).
-local function use_value(value, usage, credits, msgs)
-  local old = {string.match(value or '', USE_PATTERN)}
-  local out = {}
-  for i = 1, 3 do
-    local u = usage[i]
-    if u then
-      out[i] = u[1] .. ' ' .. s(u[2] + credits) .. ' ' .. s(u[3] + msgs)
-    else
-      out[i] = old[3 * i - 2] .. ' ' .. old[3 * i - 1] .. ' ' .. old[3 * i]
-    end
-  end
-  return table.concat(out, ' ')
+-- The 'use' value after adding credits and msgs to the periods usage_of counted.
+local function use_value(u, credits, msgs)
+  local day, week, month = u[11] and 0 or 1, u[12] and 0 or 1, u[13] and 0 or 1
+  return string.format('%s %d %d %s %d %d %s %d %d',
+    u[1], u[2] + day * credits, u[3] + day * msgs,
+    u[4], u[5] + week * credits, u[6] + week * msgs,
+    u[7], u[8] + month * credits, u[9] + month * msgs)
 end
 
 -- The 'use' value after adding deltas only to the periods ids it still counts (a refund or

@@ -73,12 +73,12 @@ end
 
 for i = 1, 3 do
   local credit_limit, msg_limit = w[3 + i], w[6 + i]
-  local used = usage[i]
-  if used and (credit_limit or msg_limit) then
-    if credit_limit and amount > 0 and used[2] + amount > int(credit_limit) then
+  if (credit_limit or msg_limit) and not usage[10 + i] then
+    local used_credits, used_msgs = usage[3 * i - 1], usage[3 * i]
+    if credit_limit and amount > 0 and used_credits + amount > int(credit_limit) then
       return limit_reached(1 + i, ids[i], credit_limit)
     end
-    if msg_limit and used[3] + msgs > int(msg_limit) then
+    if msg_limit and used_msgs + msgs > int(msg_limit) then
       return limit_reached(4 + i, ids[i], msg_limit)
     end
   end
@@ -86,7 +86,7 @@ end
 
 reserved = reserved + amount
 redis.call('HSET', KEYS[1], 'reserved', s(reserved),
-  'use', use_value(w[12], usage, amount, msgs))
+  'use', use_value(usage, amount, msgs))
 local record = {'HSET', KEYS[2], 'unit', s(unit), 'parts', s(parts), 'msgs', s(msgs),
   'unlinked', s(parts), 'quote', ARGV[12]}
 if concat then
