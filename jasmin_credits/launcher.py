@@ -6,7 +6,10 @@ sequence, plus:
 * ``--credits-config PATH`` (or ``JASMIN_CREDITS_CONFIG``): load a
   :class:`jasmin_credits.runtime.CreditsRuntime` and plug it in (see :class:`CreditsJasminDaemon`);
 * ``--lock-file PATH`` (default ``/tmp/jasmind``, like jasmind) so a test gateway can run
-  beside another jasmind;
+  beside another jasmind. The lock is an ``flock`` on ``PATH.lock``
+  (:mod:`jasmin_credits.daemonlock`), which the kernel releases when the process dies:
+  jasmind's link-based lock survives a SIGKILL or the OOM killer and then refuses every
+  restart until the file is deleted by hand;
 * ``--tcp-nodelay``: set TCP_NODELAY on accepted SMPP server connections (Twisted leaves
   Nagle on, which adds up to 40 ms per message above ~20 msg/s).
 
@@ -25,11 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 from jasmin.bin.jasmind import JasminDaemon, Options
-from lockfile import AlreadyLocked, FileLock, LockTimeout
 from twisted.internet import defer, reactor
 from twisted.python import usage
 
 from jasmin_credits import jasmin_fixes
+from jasmin_credits.daemonlock import AnotherRuns, single_instance
 
 CONFIG_ENV = "JASMIN_CREDITS_CONFIG"
 DEFAULT_LOCK = "/tmp/jasmind"
@@ -254,7 +257,6 @@ def main(argv: list[str] | None = None,
 
     ``runtime_loader`` builds the runtime from the ``--credits-config`` path (a seam for tests).
     """
-    lock = None
     exit_code = 0
     try:
         options = CreditsOptions()
@@ -270,28 +272,20 @@ def main(argv: list[str] | None = None,
                 print(f"{sys.argv[0]}: {error}", file=sys.stderr)
                 raise SystemExit(2) from None
         # Must not be executed simultaneously (c.f. jasmin #265)
-        lock = FileLock(options["lock-file"])
-        lock.acquire(timeout=2)
-        daemon = CreditsJasminDaemon(options, runtime)
-        signal.signal(signal.SIGINT, daemon.sighandler_stop)
-        signal.signal(signal.SIGTERM, daemon.sighandler_stop)
-        daemon.start()
-        freeze_startup_objects()
-        reactor.run()
-        exit_code = daemon.exit_code
+        with single_instance(options["lock-file"], "jasmin-credits-jasmind"):
+            daemon = CreditsJasminDaemon(options, runtime)
+            signal.signal(signal.SIGINT, daemon.sighandler_stop)
+            signal.signal(signal.SIGTERM, daemon.sighandler_stop)
+            daemon.start()
+            freeze_startup_objects()
+            reactor.run()
+            exit_code = daemon.exit_code
     except usage.UsageError as errortext:
         print(f"{sys.argv[0]}: {errortext}")
         print(f"{sys.argv[0]}: Try --help for usage details.")
         exit_code = 2
-    except LockTimeout:
-        print("Lock not acquired ! exiting")
+    except AnotherRuns:
         exit_code = 1
-    except AlreadyLocked:
-        print("There's another instance on jasmind running, exiting.")
-        exit_code = 1
-    finally:
-        if lock is not None and lock.i_am_locking():
-            lock.release()
     if exit_code:
         raise SystemExit(exit_code)
 

@@ -31,3 +31,27 @@ def test_second_daemon_on_the_same_lock_is_refused(tmp_path):
     assert refused.returncode == 1
     assert "second: another one runs (lock " in refused.stderr
     assert second_daemon(path).returncode == 0  # released after the first block
+
+
+HOLDER = """
+import sys
+from jasmin_credits.daemonlock import single_instance
+with single_instance(sys.argv[1], "holder"):
+    print("held", flush=True)
+    sys.stdin.read()  # until killed
+"""
+
+
+def test_lock_of_a_killed_daemon_is_free_at_once(tmp_path):
+    """SIGKILL (or the OOM killer) leaves no stale lock: the next daemon starts."""
+    path = str(tmp_path / "settled")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, path], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert second_daemon(path).returncode == 1
+        assert (tmp_path / "settled.lock").read_text() == f"{holder.pid}\n"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert second_daemon(path).returncode == 0
