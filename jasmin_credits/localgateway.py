@@ -329,10 +329,11 @@ class LocalGateway:
         if self.provision_on_start:
             self.provision()
 
-    def restart_child(self, name: str, kill: bool = True) -> ChildProcess:
-        """Stop child ``name`` (SIGKILL to its process group if ``kill``, else SIGTERM), remove
-        the lock file it may leave, start it again with the same command and wait until it
-        listens (jasmind: jCli, HTTP and SMPP; interceptord and smsc: their port).
+    def restart_child(self, name: str, kill: bool = True, group: bool = True) -> ChildProcess:
+        """Stop child ``name`` (SIGKILL if ``kill``, to its whole process group if ``group``,
+        else SIGTERM), remove the lock file Jasmin's own daemons leave, start it again with the
+        same command and wait until it listens (jasmind: jCli, HTTP and SMPP; interceptord
+        and smsc: their port).
 
         jasmind reloads what jCli ``persist`` saved; anything not persisted is gone.
         """
@@ -340,7 +341,10 @@ class LocalGateway:
         if kill:
             if child.process.poll() is None:
                 try:
-                    os.killpg(child.process.pid, signal.SIGKILL)
+                    if group:
+                        os.killpg(child.process.pid, signal.SIGKILL)
+                    else:
+                        child.process.kill()
                 except ProcessLookupError:
                     pass
             child.process.wait()
@@ -413,13 +417,14 @@ class LocalGateway:
             self.redis = None
 
     def _remove_locks(self, name: str) -> None:
+        # Jasmin's own daemons' link-based locks survive a SIGKILL; ours (our jasmind
+        # launcher, interceptord and settled: flock) do not, and are left alone to prove it.
         base = {
-            "jasmind": Path("/tmp/jasmind") if self.stock_jasmind else self.rundir / "jasmind",
+            "jasmind": Path("/tmp/jasmind") if self.stock_jasmind else None,
             "dlrd": Path(f"/tmp/dlrd-{self.instance}"),
             "dlrlookupd": Path(f"/tmp/dlrlookupd-{self.instance}"),
-            "interceptord": (self.rundir / "interceptord" if self.credits_config is not None
-                             else Path("/tmp/interceptord")),
-            "settled": self.rundir / "settled",
+            "interceptord": None if self.credits_config is not None else Path(
+                "/tmp/interceptord"),
         }.get(name)
         if base is None:
             return

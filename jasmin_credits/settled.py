@@ -16,6 +16,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from typing import Any
 
 from .config import ENV_VAR
@@ -33,13 +34,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-file", default="/tmp/jasmin-credits-settled",
                         help="lock file against two daemons with the same file")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop when stdin reaches end of file (the launcher's pipe: "
+                             "its process died)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)-8s %(name)s %(message)s")
 
+    from .daemonlock import AnotherRuns, single_instance
+
+    try:
+        # The lock first: a gateway whose child finds it taken tries again every few
+        # seconds, so that attempt must cost nothing but this.
+        with single_instance(args.lock_file, "jasmin-credits-settled"):
+            return _run(args)
+    except AnotherRuns:
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
-    from .daemonlock import AnotherRuns, single_instance
     from .runtime import CreditsRuntime
 
     try:
@@ -59,19 +74,32 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = 1
         reactor.stop()
 
+    stopping = False
+
     def stop(*_: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
         d = runtime.stop()
         d.addBoth(lambda _: reactor.stop())
 
-    try:
-        with single_instance(args.lock_file, "jasmin-credits-settled"):
-            signal.signal(signal.SIGINT, lambda *a: reactor.callFromThread(stop))
-            signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(stop))
-            reactor.callWhenRunning(lambda: runtime.start().addCallbacks(started, failed))
-            reactor.run(installSignalHandlers=False)
-    except AnotherRuns:
-        return 1
+    signal.signal(signal.SIGINT, lambda *a: reactor.callFromThread(stop))
+    signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(stop))
+    if args.exit_with_parent:
+        threading.Thread(target=_wait_for_parent_exit, args=(reactor, stop),
+                         name="parent-watch", daemon=True).start()
+    reactor.callWhenRunning(lambda: runtime.start().addCallbacks(started, failed))
+    reactor.run(installSignalHandlers=False)
     return exit_code
+
+
+def _wait_for_parent_exit(reactor: Any, stop: Any) -> None:
+    """Block (in its own thread) until stdin, the parent's pipe, reaches end of file."""
+    while sys.stdin.buffer.read(4096):
+        pass
+    log.warning("the gateway that started jasmin-credits-settled is gone; stopping")
+    reactor.callFromThread(stop)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ Jasmin queues them and settles the SMSC's answers as jasmind publishes them; the
 the same config, so it knows to consume none of Jasmin's events (it sweeps, runs plans and
 delivers events). This keeps that process as easy to deploy as no process at all: the
 launcher (or our interceptord) spawns it with the same config, forwards its log lines,
-restarts it if it dies (back-off up to 30 s) and stops it on shutdown. Under systemd the
-child is in the service's control group and dies with it.
+restarts it if it dies (back-off up to 30 s) and stops it on shutdown. The child also
+stops by itself when its parent dies, even by SIGKILL (its stdin, a pipe from the parent,
+reaches end of file), so a restarted gateway's new child takes over; under systemd the
+child is in the service's control group as well.
 
 Two gateway processes on one machine with the same config (our launcher and our
-interceptord) start one child between them: the second child finds the lock taken and
-exits with status 1, and its parent then stops trying.
+interceptord) run one child between them: the second one's child finds the lock taken and
+exits with status 1 (before loading anything), and that parent tries again at the back-off
+interval, so it takes over when the other gateway goes away.
 """
 
 from __future__ import annotations
@@ -68,14 +71,16 @@ class SettledChild:
         self.process: Any = None
         self.stopping = False
         self.starts = 0
+        self.started_at = 0.0
         self._stopped: Deferred | None = None
         self._restart: Any = None
 
     def start(self) -> None:
         self.starts += 1
+        self.started_at = self.reactor.seconds()
         argv = [sys.executable, "-m", "jasmin_credits.settled",
                 "--credits-config", self.config_path,
-                "--lock-file", lock_path(self.config_path)]
+                "--lock-file", lock_path(self.config_path), "--exit-with-parent"]
         self.process = self.reactor.spawnProcess(_ChildProtocol(self), sys.executable, argv,
                                                  env=dict(os.environ))
 
@@ -85,11 +90,15 @@ class SettledChild:
             if self._stopped is not None:
                 self._stopped.callback(None)
             return
-        if code == LOCKED and self.starts == 1:
-            log.info("jasmin-credits-settled already runs for %s; not starting another",
-                     self.config_path)
-            return
-        log.error("jasmin-credits-settled exited (%s); restarting in %.0f s", code, self.delay)
+        if self.reactor.seconds() - self.started_at >= self.max_delay:
+            self.delay = 1.0  # it ran a good while: this is a new failure, not a loop
+        if code == LOCKED:
+            if self.starts == 1:
+                log.info("jasmin-credits-settled already runs for %s; this gateway takes "
+                         "over if it stops", self.config_path)
+        else:
+            log.error("jasmin-credits-settled exited (%s); restarting in %.0f s", code,
+                      self.delay)
         self._restart = self.reactor.callLater(self.delay, self.start)
         self.delay = min(self.delay * 2, self.max_delay)
 

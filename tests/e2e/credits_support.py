@@ -149,3 +149,18 @@ def send(client: Any, destination: str, text: bytes = b"hello", **kwargs: Any) -
     seq = client.submit(destination, text, **kwargs)
     client.pump(lambda: client.response_for(seq) is not None)
     return client.response_for(seq)
+
+
+def settled_processes(config: Path) -> list[tuple[int, int]]:
+    """(pid, parent pid) of each ``jasmin_credits.settled`` process with this credits config."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if b"jasmin_credits.settled" in argv and str(config).encode() in argv:
+            # stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ")"
+            found.append((int(proc.name), int(stat.rsplit(")", 1)[1].split()[1])))
+    return found

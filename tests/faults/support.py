@@ -315,14 +315,15 @@ def summary(result: LoadResult, books_now: Ledger) -> dict[str, int]:
     }
 
 
-def restart_under_load(gateway: LocalGateway, child: str) -> LoadResult:
-    """SMPP load; after 300 answers ``child`` is killed (SIGKILL) and started again; the load
-    goes on until 300 more messages were answered after it was accepted again."""
+def restart_under_load(gateway: LocalGateway, child: str, group: bool = True) -> LoadResult:
+    """SMPP load; after 300 answers ``child`` is killed (SIGKILL; to its whole process group
+    if ``group``) and started again; the load goes on until 300 more messages were answered
+    after it was accepted again."""
     load = Load(gateway)
     load.start()
     try:
         load.wait_sent(300)
-        gateway.restart_child(child, kill=True)
+        gateway.restart_child(child, kill=True, group=group)
         if child == "jasmind":
             gateway.wait_connector_bound("smsc")
         killed_at = len(load.result.sent)
@@ -334,11 +335,12 @@ def restart_under_load(gateway: LocalGateway, child: str) -> LoadResult:
     return result
 
 
-def killed_and_restarted(gateway: LocalGateway, child: str) -> tuple[LoadResult, dict]:
+def killed_and_restarted(gateway: LocalGateway, child: str,
+                         group: bool = True) -> tuple[LoadResult, dict]:
     """:func:`restart_under_load` on ``child``, then the books checked (a kill can lose
     queued messages, so not every ESME_ROK must reach the SMSC); the load and its counts."""
     start = Books(gateway).wallet("alice").balance
-    result = restart_under_load(gateway, child)
+    result = restart_under_load(gateway, child, group)
     books = Books(gateway)
     counts = summary(result, check_books(gateway, books, result, start, told_ok_all_sent=False))
     print(f"{child} restart:", counts)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
-from tests.faults.support import credits_gateway, killed_and_restarted
+import pytest
+
+from jasmin_credits.localgateway import wait_until
+from tests.e2e.credits_support import settled_processes
+from tests.faults.support import credits_gateway, killed_and_restarted, settlement
 
 
-def test_launcher_killed_and_restarted_under_load():
-    """Reservations in flight when jasmind dies are settled exactly once after its restart."""
-    with credits_gateway("jasmind") as gateway:
+@pytest.mark.parametrize("process", ["gateway", "child"])
+def test_launcher_killed_and_restarted_under_load(process):
+    """Reservations in flight when jasmind dies are settled exactly once after its restart,
+    whether jasmind settles them itself or its ``jasmin-credits-settled`` child does.
+
+    Only jasmind's own process is killed (as the OOM killer would): its child notices and
+    stops, and the restarted launcher's child takes over (the lock a SIGKILLed process
+    held is free at once)."""
+    with credits_gateway("jasmind", settlement(process=process)) as gateway:
         with gateway.jcli() as jcli:
             jcli.run("persist")  # jasmind reloads users, connector, routes at start
-        _, counts = killed_and_restarted(gateway, "jasmind")
+        if process == "child":
+            wait_until(lambda: settled_processes(gateway.credits_config), 30,
+                       message="the launcher's jasmin-credits-settled running")
+        _, counts = killed_and_restarted(gateway, "jasmind", group=False)
         assert counts["no_answer"] > 0 and counts["reconnects"] >= 1
         assert counts["charged"] == counts["smsc_ok"]
+        if process == "child":
+            jasmind = gateway.children["jasmind"].process.pid
+            assert settled_processes(gateway.credits_config)[0][1] == jasmind
+            assert len(settled_processes(gateway.credits_config)) == 1

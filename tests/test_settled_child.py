@@ -1,0 +1,66 @@
+"""SettledChild: when the launcher starts, restarts and gives up on its settled child."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from jasmin_credits.settled_child import LOCKED, SettledChild
+
+
+class Reactor(Clock):
+    """A clock that records spawnProcess calls (fast unit test: no process is started)."""
+
+    def __init__(self):
+        super().__init__()
+        self.spawned: list[tuple[float, list[str]]] = []
+
+    def spawnProcess(self, protocol, executable, args, env=None):  # noqa: N802 - Twisted API
+        self.spawned.append((self.seconds(), args))
+        self.protocol = protocol
+        return object()
+
+
+def test_child_is_told_to_stop_with_its_parent():
+    reactor = Reactor()
+    SettledChild(reactor, "/etc/jasmin/credits.yaml").start()
+    assert "--exit-with-parent" in reactor.spawned[0][1]
+
+
+def test_lock_taken_keeps_trying_with_back_off():
+    """Another gateway's child holds the lock (or a killed launcher's child is still
+    stopping): try again, 1 s, 2 s, 4 s later..., so this gateway takes over."""
+    reactor = Reactor()
+    child = SettledChild(reactor, "/etc/jasmin/credits.yaml", max_delay=4)
+    child.start()
+    for expected_delay in (1, 2, 4, 4):
+        reactor.advance(0.5)
+        child._ended(LOCKED)
+        before = len(reactor.spawned)
+        reactor.advance(expected_delay - 0.01)
+        assert len(reactor.spawned) == before
+        reactor.advance(0.01)
+        assert len(reactor.spawned) == before + 1
+
+
+def test_back_off_resets_after_a_long_run():
+    reactor = Reactor()
+    child = SettledChild(reactor, "/etc/jasmin/credits.yaml", max_delay=4)
+    child.start()
+    for _ in range(3):
+        child._ended(1)
+        reactor.advance(child.delay)
+    assert child.delay == 4
+    reactor.advance(60)  # the last one ran for a minute
+    child._ended(1)
+    reactor.advance(1)
+    assert reactor.spawned[-1][0] == reactor.seconds()
+
+
+def test_stop_cancels_a_pending_restart():
+    reactor = Reactor()
+    child = SettledChild(reactor, "/etc/jasmin/credits.yaml")
+    child.start()
+    child._ended(1)
+    child.stop()
+    reactor.advance(60)
+    assert len(reactor.spawned) == 1
