@@ -324,8 +324,13 @@ def configurations() -> dict[str, Configuration]:
                            {**stock, "interceptord": False}, False, False, True),
         "2": Configuration("2", "stock jasmind + stock interceptord, no-op script",
                            {**stock, "interceptord": True}, True, False, False),
-        "3": Configuration("3", "launcher, charging in process",
+        "3": Configuration("3", "launcher, charging in process (the defaults: settlement in "
+                                "its jasmin-credits-settled child)",
                            {"credits_config": config}, True, True, True),
+        "g": Configuration("g", "as (3), settlement.process: gateway (inside jasmind)",
+                           {"credits_config": config,
+                            "credits_overrides": {"settlement": {"process": "gateway"}}},
+                           True, True, True),
         "4": Configuration("4", "stock jasmind + our interceptord, charging",
                            {**stock, "credits_config": config, "interceptord": True,
                             "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
@@ -681,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--http-messages", type=int, default=2000)
     parser.add_argument("--http-clients", type=int, default=10)
-    parser.add_argument("--configs", nargs="+", default=list("1203456789q"),
+    parser.add_argument("--configs", nargs="+", default=list("12034g56789q"),
                         choices=sorted(configurations()))
     parser.add_argument("--client-timeout", type=float, default=180.0,
                         help="seconds allowed to one measurement")

@@ -70,8 +70,8 @@ class Status:
 @dataclass(frozen=True)
 class SettlementConfig:
     enabled: bool = True
-    process: str = "gateway"
-    link: str = "queueing"
+    process: str = "child"
+    link: str = "events"
     """``queueing`` (our launcher links each hold as Jasmin queues the message) or
     ``events`` (settlement links from the ``submit.sm.*`` events); see config/credits.yaml."""
     queue_prefix: str = "jasmin_credits"
@@ -386,7 +386,9 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         raise s.error("dlr_refund", "must be a list of DLR stats such as [UNDELIV, REJECTD]")
     settlement = SettlementConfig(
         enabled=s.boolean("enabled", True),
-        process=s.string("process", "gateway", ("gateway", "child", "separate")),
+        # child by default: settlement off jasmind's reactor, durable (tests/faults kill
+        # jasmind alone and check the child stops and the new one takes over)
+        process=s.string("process", "child", ("gateway", "child", "separate")),
         # events is the durable default: under queueing, a link or an answer still in the
         # launcher's memory when jasmind dies is lost (tests/faults caught one such message)
         link=s.string("link", "events",
