@@ -302,6 +302,19 @@ class CreditShowListTests(JCliTestCase):
         header_cols = out[0].index("Plan")
         self.assertEqual(alice.rindex("-"), header_cols)
 
+    async def test_list_many_wallets_in_chunks(self):
+        """credit -l with more wallets than it reads at a time: every one, in uid order."""
+        from jasmin_credits.jcli._credit import LIST_CONCURRENCY
+
+        uids = [f"u{i:04d}" for i in range(2 * LIST_CONCURRENCY + 7)]
+        s = await self.session()
+        for i, uid in enumerate(uids):
+            await self.store.top_up(uid, i, op_id=f"t-{uid}", actor="test")
+        out = lines_of(await s.run("credit -l"))
+        rows = [line.split()[0][1:] for line in out[1:] if line.startswith("#u")]
+        self.assertEqual(rows, uids)
+        self.assertEqual(out[-1], f"Total wallets: {len(uids)}")
+
     async def test_list_empty(self):
         """credit -l without wallets says so."""
         s = await self.session()

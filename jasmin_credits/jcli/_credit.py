@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jasmin.protocols.cli.managers import PersistableManager, Session
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 
 from jasmin_credits.errors import UnknownWallet
 from jasmin_credits.money import parse_amount
@@ -24,6 +25,9 @@ from ._common import (
     table,
 )
 from ._plan import PlanSessionMixin
+
+LIST_CONCURRENCY = 100
+"""Wallets ``credit -l`` reads at a time."""
 
 PAGE_SIZE = 20
 CSV_BATCH = 500
@@ -87,22 +91,35 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
 
     async def _list(self) -> list[str]:
         store = self.runtime.store
-        wallets = [w for w in [await store.wallet(uid) for uid in await store.wallets()]
-                   if w is not None]
-        if not wallets:
+        uids = await store.wallets()
+        rows: list[list[str]] = []
+        # LIST_CONCURRENCY wallets at a time: one Redis round trip per chunk rather than
+        # two per wallet, and never thousands of calls waiting on their timeouts at once.
+        for start in range(0, len(uids), LIST_CONCURRENCY):
+            chunk = uids[start:start + LIST_CONCURRENCY]
+            try:
+                found = await gatherResults([Deferred.fromCoroutine(self._row(uid))
+                                             for uid in chunk], consumeErrors=True)
+            except FirstError as error:  # answer the first error itself (store down...)
+                error.subFailure.raiseException()
+            rows += [row for row in found if row is not None]
+        if not rows:
             return ["Total wallets: 0"]
-        rows = []
-        for w in wallets:
-            day, week, month = (self._used_of(u.credits, u.credit_limit) for u in w.usage)
-            rows.append([w.uid, self.amount(w.balance), self.amount(w.reserved),
-                         self.amount(w.overdraft), day, week, month,
-                         await self.plan_of(w.uid)])
         header = ["User id", "Balance", "Reserved", "Overdraft", "Daily", "Weekly",
                   "Monthly", "Plan"]
         lines = table(header, rows, right=(1, 2, 3, 4, 5, 6))
         lines.append("Daily/Weekly/Monthly: credits used/limit ('-': no limit)")
-        lines.append(f"Total wallets: {len(wallets)}")
+        lines.append(f"Total wallets: {len(rows)}")
         return lines
+
+    async def _row(self, uid: str) -> list[str] | None:
+        """One ``credit -l`` row (None: the wallet was removed meanwhile)."""
+        w = await self.runtime.store.wallet(uid)
+        if w is None:
+            return None
+        day, week, month = (self._used_of(u.credits, u.credit_limit) for u in w.usage)
+        return [w.uid, self.amount(w.balance), self.amount(w.reserved),
+                self.amount(w.overdraft), day, week, month, await self.plan_of(w.uid)]
 
     def _used_of(self, used: int, limit: int | None) -> str:
         return f"{self.amount(used)}/{self.amount(limit)}"
