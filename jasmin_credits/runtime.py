@@ -139,12 +139,11 @@ class CreditsRuntime:
 
         if self.role == "gateway" and self.config.settlement.enabled:
             # Before Jasmin takes traffic: its events only reach queues that exist.
-            from .settlement import QueueNames, declare_queues
+            from .settlement import QueueNames, declare_queues, events_consumed
 
-            from_events = self.config.settlement.link == "events"
-            await declare_queues(self.config.amqp,
-                                 QueueNames.with_prefix(self.config.settlement.queue_prefix),
-                                 link_from_events=from_events, outcomes_from_events=from_events,
+            s = self.config.settlement
+            await declare_queues(self.config.amqp, QueueNames.with_prefix(s.queue_prefix),
+                                 events=events_consumed(s.link, s.dlr_refund),
                                  reactor=self.reactor, clock=self.reactor)
 
         self.services = [CardReloadListener(self)]

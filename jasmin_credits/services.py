@@ -15,7 +15,7 @@ import txredisapi
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, succeed
 
-from .settlement import QueueNames, Settlement, SettlementConsumer
+from .settlement import QueueNames, Settlement, SettlementConsumer, events_consumed
 from .sweeper import Sweeper
 
 if TYPE_CHECKING:
@@ -98,13 +98,11 @@ async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
     """
     config = runtime.config
     s = config.settlement
-    from_events = s.link == "events"
     consumer = SettlementConsumer(
         make_settlement(runtime),
         config.amqp,
         queues=QueueNames.with_prefix(s.queue_prefix),
-        link_from_events=from_events,
-        outcomes_from_events=from_events,
+        events=events_consumed(s.link, s.dlr_refund),
         reactor=runtime.reactor,
         clock=runtime.reactor,
     )

@@ -77,6 +77,24 @@ SUBMIT_SM_KEYS = ("submit.sm.*",)
 SUBMIT_SM_RESP_KEYS = ("dlr.submit_sm_resp",)
 DELIVER_SM_KEYS = ("dlr.deliver_sm",)
 
+SUBMIT_SM, SUBMIT_SM_RESP, DELIVER_SM = "submit_sm", "submit_sm_resp", "deliver_sm"
+"""The kinds of Jasmin's events settlement can read from queues of its own."""
+ALL_EVENTS = frozenset({SUBMIT_SM, SUBMIT_SM_RESP, DELIVER_SM})
+
+
+def events_consumed(link: str, dlr_refund: Iterable[str]) -> frozenset[str]:
+    """The events settlement reads from our queues for ``settlement.link`` and
+    ``settlement.dlr_refund``.
+
+    ``events``: ``submit.sm.*`` (links) and ``dlr.submit_sm_resp`` (outcomes), and
+    ``dlr.deliver_sm`` only when some receipt refunds: with ``dlr_refund`` empty (the
+    default) a receipt changes nothing, so no copy of it is queued nor read. ``queueing``:
+    none (the gateway links and settles in process, :mod:`jasmin_credits.observing`).
+    """
+    if link != "events":
+        return frozenset()
+    return frozenset({SUBMIT_SM, SUBMIT_SM_RESP} | ({DELIVER_SM} if list(dlr_refund) else set()))
+
 
 # -- the tag on the PDU -----------------------------------------------------------------------
 
@@ -373,24 +391,16 @@ Route = tuple[str, tuple[str, ...], Handler]
 """A queue, the routing keys it is bound to, the handler of its events."""
 
 
-def bindings(queues: QueueNames, *, link_from_events: bool = True,
-             outcomes_from_events: bool = True) -> list[tuple[str, tuple[str, ...]]]:
-    """Our queues and the routing keys each is bound to on ``messaging``; with the defaults,
-    every queue settlement can use.
-
-    Without ``link_from_events`` (``settlement.link: queueing``: the gateway links as Jasmin
-    queues) there is no ``submit_sm`` queue: nobody needs a copy of every PDU. Without
-    ``outcomes_from_events`` (also ``queueing``: the gateway settles the SMSC's answers as
-    Jasmin publishes them, :mod:`jasmin_credits.observing`) there is no ``submit_sm_resp``
-    nor ``deliver_sm`` queue.
-    """
-    found = []
-    if link_from_events:
-        found.append((queues.submit_sm, SUBMIT_SM_KEYS))
-    if outcomes_from_events:
-        found += [(queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS),
-                  (queues.deliver_sm, DELIVER_SM_KEYS)]
-    return found
+def bindings(queues: QueueNames,
+             events: Iterable[str] = ALL_EVENTS) -> list[tuple[str, tuple[str, ...]]]:
+    """Our queues for the kinds of ``events`` (default: every queue settlement can use), and
+    the routing keys each is bound to on ``messaging``."""
+    wanted = frozenset(events)
+    return [(queue, keys) for kind, queue, keys in (
+        (SUBMIT_SM, queues.submit_sm, SUBMIT_SM_KEYS),
+        (SUBMIT_SM_RESP, queues.submit_sm_resp, SUBMIT_SM_RESP_KEYS),
+        (DELIVER_SM, queues.deliver_sm, DELIVER_SM_KEYS),
+    ) if kind in wanted]
 
 
 async def retire_queue(client: Any, queue: str, routing_keys: Iterable[str],
@@ -398,9 +408,9 @@ async def retire_queue(client: Any, queue: str, routing_keys: Iterable[str],
     """Unbind our durable ``queue`` from ``messaging`` if it exists; answer how many messages
     it still holds once unbound (None: no such queue).
 
-    Used for the queues settlement no longer consumes under ``settlement.link: queueing``
-    (``submit_sm``, ``submit_sm_resp``, ``deliver_sm``): left bound after a switch from
-    ``events``, each would collect a copy of every event with nobody reading it. The queue
+    Used for the queues settlement no longer consumes (all three under ``settlement.link:
+    queueing``; ``deliver_sm`` with ``dlr_refund`` emptied): left bound, each would collect
+    a copy of every event with nobody reading it. The queue
     itself stays (a settlement process still on ``events`` may be reading it; delete it by
     hand once empty). Runs on a channel of its own (``channel_id``, one per queue retired on
     a connection): asking for a queue that does not exist makes the broker close the
@@ -422,8 +432,7 @@ async def retire_queue(client: Any, queue: str, routing_keys: Iterable[str],
 
 
 async def declare_queues(settings: AmqpSettings, queues: QueueNames, *,
-                         link_from_events: bool = True,
-                         outcomes_from_events: bool = True,
+                         events: Iterable[str] = ALL_EVENTS,
                          reactor: IReactorTCP | None = None,
                          clock: IReactorTime | None = None) -> bool:
     """Declare our durable queues and their bindings once, and wait for it.
@@ -431,14 +440,13 @@ async def declare_queues(settings: AmqpSettings, queues: QueueNames, *,
     A gateway does this before Jasmin takes traffic: events Jasmin publishes on its
     non-durable exchange before our queues exist are lost to settlement (the first seconds
     after a first install, or while a separate settlement process starts). Only the queues
-    of :func:`bindings` are declared (none at all under ``settlement.link: queueing``, and
-    then the broker is not asked); one an earlier configuration left is the settlement
-    consumer's to retire (it reads the same config, and a consumer still on ``events``
-    elsewhere keeps it). Answers False (after logging) when the broker does not answer
-    within ``settings.connect_timeout``.
+    of ``events`` (:func:`events_consumed`) are declared (none at all under
+    ``settlement.link: queueing``, and then the broker is not asked); one an earlier
+    configuration left is the settlement consumer's to retire (it reads the same config,
+    and a consumer still on ``events`` elsewhere keeps it). Answers False (after logging)
+    when the broker does not answer within ``settings.connect_timeout``.
     """
-    wanted = bindings(queues, link_from_events=link_from_events,
-                      outcomes_from_events=outcomes_from_events)
+    wanted = bindings(queues, events)
     if not wanted:
         return True
 
@@ -459,14 +467,12 @@ async def declare_queues(settings: AmqpSettings, queues: QueueNames, *,
 
 
 class SettlementConsumer:
-    """Consumes ``submit.sm.*``, ``dlr.submit_sm_resp`` and ``dlr.deliver_sm`` from
-    ``messaging`` through our own durable queues and feeds them to a :class:`Settlement`.
-
-    Without ``link_from_events`` it neither binds nor consumes ``submit.sm.*``, without
-    ``outcomes_from_events`` neither ``dlr.submit_sm_resp`` nor ``dlr.deliver_sm``
-    (``settlement.link: queueing`` turns both off: the gateway handles them in process; the
-    consumer then consumes nothing). At each connection it unbinds every queue of ours it
-    does not consume that an earlier configuration left (:func:`retire_queue`) and, if
+    """Consumes the kinds of ``events`` (``submit.sm.*``, ``dlr.submit_sm_resp``,
+    ``dlr.deliver_sm``: :func:`events_consumed` of the config) from ``messaging`` through our
+    own durable queues and feeds them to a :class:`Settlement`; it neither binds nor consumes
+    the others (under ``settlement.link: queueing`` none: the gateway handles them in
+    process). At each connection it unbinds every queue of ours it does not consume that an
+    earlier configuration left (:func:`retire_queue`) and, if
     events wait there, settles them (every handler is idempotent), so a switch from
     ``events`` loses none.
 
@@ -484,15 +490,13 @@ class SettlementConsumer:
         queues: QueueNames | None = None,
         prefetch: int = 50,
         requeue_delay: float = 5.0,
-        link_from_events: bool = True,
-        outcomes_from_events: bool = True,
+        events: Iterable[str] = ALL_EVENTS,
         reactor: IReactorTCP | None = None,
         clock: IReactorTime | None = None,
     ):
         self.settlement = settlement
         self.queues = queues or QueueNames()
-        self.link_from_events = link_from_events
-        self.outcomes_from_events = outcomes_from_events
+        self.events = frozenset(events)
         self.prefetch = prefetch
         self.requeue_delay = requeue_delay
         self.connection = AmqpConnection(amqp, self._on_ready, reactor=reactor, clock=clock)
@@ -510,8 +514,7 @@ class SettlementConsumer:
         handlers = {self.queues.submit_sm: s.submit_sm,
                     self.queues.submit_sm_resp: s.submit_sm_resp,
                     self.queues.deliver_sm: s.deliver_sm}
-        consumed = bindings(self.queues, link_from_events=self.link_from_events,
-                            outcomes_from_events=self.outcomes_from_events)
+        consumed = bindings(self.queues, self.events)
         routes = [(queue, keys, handlers[queue]) for queue, keys in bindings(self.queues)]
         return ([r for r in routes if r[:2] in consumed],
                 [r for r in routes if r[:2] not in consumed])
@@ -614,8 +617,9 @@ class SettlementConsumer:
 
 
 __all__ = [
-    "DELIVER_SM_KEYS", "JASMIN_RETRY_STATUSES", "PDU_ATTRIBUTE", "SUBMIT_SM_KEYS",
-    "SUBMIT_SM_RESP_KEYS", "Malformed", "Outcome", "QueueNames", "Settlement",
-    "SettlementConsumer", "bindings", "declare_queues", "link_tagged", "load_submit_sm",
-    "read_tag", "retire_queue", "tag_pdu",
+    "ALL_EVENTS", "DELIVER_SM", "DELIVER_SM_KEYS", "JASMIN_RETRY_STATUSES", "PDU_ATTRIBUTE",
+    "SUBMIT_SM", "SUBMIT_SM_KEYS", "SUBMIT_SM_RESP", "SUBMIT_SM_RESP_KEYS", "Malformed",
+    "Outcome", "QueueNames", "Settlement", "SettlementConsumer", "bindings",
+    "declare_queues", "events_consumed", "link_tagged", "load_submit_sm", "read_tag",
+    "retire_queue", "tag_pdu",
 ]

@@ -22,12 +22,17 @@ from jasmin_credits.amqp import AmqpConnection, declare_bound_queue, declare_exc
 from jasmin_credits.devservices import free_port
 from jasmin_credits.errors import StoreUnavailable
 from jasmin_credits.settlement import (
+    ALL_EVENTS,
+    DELIVER_SM,
     PDU_ATTRIBUTE,
+    SUBMIT_SM,
+    SUBMIT_SM_RESP,
     Outcome,
     QueueNames,
     Settlement,
     SettlementConsumer,
     declare_queues,
+    events_consumed,
     load_submit_sm,
     read_tag,
     tag_pdu,
@@ -38,6 +43,15 @@ from .redis_support import make_store
 
 UID = "alice"
 PRICE = 10
+OUTCOMES = frozenset({SUBMIT_SM_RESP, DELIVER_SM})
+"""A consumer that links nothing from events (the gateway linked)."""
+
+
+def test_events_consumed_follow_the_config():
+    """events: links and outcomes, receipts only when one refunds; queueing: nothing."""
+    assert events_consumed("events", ["UNDELIV"]) == ALL_EVENTS
+    assert events_consumed("events", []) == {SUBMIT_SM, SUBMIT_SM_RESP}
+    assert events_consumed("queueing", ["UNDELIV"]) == frozenset()
 
 
 # -- messages exactly as Jasmin builds them -----------------------------------------------------
@@ -466,16 +480,15 @@ class ConsumerTests(TestCase):
         finally:
             await conn.stop()
 
-    async def test_link_at_queueing_declares_no_submit_sm_queue(self):
-        """settlement.link: queueing: no submit_sm queue at start nor in the consumer, and
-        responses still settle what the gateway linked."""
+    async def test_no_submit_sm_queue_when_links_come_from_elsewhere(self):
+        """Without submit_sm in ``events``: no submit_sm queue at start nor in the consumer,
+        and responses still settle what the gateway linked."""
         names = QueueNames.with_prefix(f"jasmin_credits.q{id(self):x}")
         self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
-        self.assertTrue(await declare_queues(self.amqp_settings, names,
-                                             link_from_events=False))
+        self.assertTrue(await declare_queues(self.amqp_settings, names, events=OUTCOMES))
         store = await funded(self)
         consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
-                                      link_from_events=False)
+                                      events=OUTCOMES)
         self.addCleanup(consumer.stop)
         await consumer.start()
         conn = await self.publisher()
@@ -487,6 +500,26 @@ class ConsumerTests(TestCase):
         await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="charge")
         self.assertIsNone(await self.message_count(names.submit_sm))
         self.assertNotIn(Outcome.IGNORED, consumer.handled)
+
+    async def test_no_receipt_queue_without_dlr_refund(self):
+        """dlr_refund empty (the default): no deliver_sm queue, so no copy of every receipt
+        is queued for nothing; links and responses still settle."""
+        names = QueueNames.with_prefix(f"jasmin_credits.r{id(self):x}")
+        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        events = events_consumed("events", [])
+        self.assertTrue(await declare_queues(self.amqp_settings, names, events=events))
+        store = await funded(self)
+        consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
+                                      events=events)
+        self.addCleanup(consumer.stop)
+        await consumer.start()
+        conn = await self.publisher()
+        message = submit_sm(UID, await hold(store))
+        await self.send_published(conn, message, message.properties["message-id"])
+        await self.publish(conn, "dlr.deliver_sm", receipt("ABC", "DELIVRD"))
+        await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="charge")
+        self.assertIsNone(await self.message_count(names.deliver_sm))
+        self.assertEqual(await self.message_count(names.submit_sm_resp), 0)
 
     async def send_published(self, conn, message, msgid: str) -> None:
         await self.publish(conn, "submit.sm.smsc", message)
@@ -508,9 +541,9 @@ class ConsumerTests(TestCase):
             return await self.message_count(names.submit_sm) == 1
         await eventually(one_left, what="the event waiting in the old queue")
         self.assertTrue(await declare_queues(self.amqp_settings, names,
-                                             link_from_events=False))  # a gateway restarts
+                                             events=OUTCOMES))  # a gateway restarts
         consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
-                                      link_from_events=False)
+                                      events=OUTCOMES)
         self.addCleanup(consumer.stop)
         await consumer.start()
         await self.publish(conn, "dlr.submit_sm_resp",
@@ -542,10 +575,10 @@ class ConsumerTests(TestCase):
                                                           names.submit_sm_resp)] == [1, 1]
         await eventually(waiting, what="the events waiting in the old queues")
         nowhere = replace(self.amqp_settings, port=free_port(), connect_timeout=1.0)
-        self.assertTrue(await declare_queues(nowhere, names, link_from_events=False,
-                                             outcomes_from_events=False))  # never connects
+        self.assertTrue(await declare_queues(nowhere, names,
+                                             events=frozenset()))  # never connects
         consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
-                                      link_from_events=False, outcomes_from_events=False)
+                                      events=frozenset())
         self.addCleanup(consumer.stop)
         await consumer.start()
         await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="leftover charged")

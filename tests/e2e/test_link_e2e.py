@@ -1,8 +1,9 @@
 """Where a hold meets Jasmin's message id and its outcome, on a real gateway:
-``settlement.link: queueing`` (the default: our launcher links as Jasmin queues the message
-and settles the SMSC's answers and receipts as jasmind publishes them; none of our queues is
-bound) or ``events`` (settlement reads Jasmin's ``submit.sm.*``, ``dlr.submit_sm_resp`` and
-``dlr.deliver_sm`` events from our queues)."""
+``settlement.link: events`` (the default: settlement reads Jasmin's ``submit.sm.*``,
+``dlr.submit_sm_resp`` and, with ``dlr_refund`` set as here, ``dlr.deliver_sm`` events from
+our queues) or ``queueing`` (opt-in: our launcher links as Jasmin queues the message and
+settles the SMSC's answers and receipts as jasmind publishes them; none of our queues is
+bound)."""
 
 from __future__ import annotations
 

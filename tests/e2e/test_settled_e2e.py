@@ -21,6 +21,8 @@ from tests.e2e.credits_support import (
 
 OUR_QUEUES = ("jasmin_credits.submit_sm", "jasmin_credits.submit_sm_resp",
               "jasmin_credits.deliver_sm")
+RECEIPTS_QUEUE = "jasmin_credits.deliver_sm"
+"""Only with settlement.dlr_refund set (not here): receipts refund nothing otherwise."""
 
 
 @pytest.fixture(scope="module", params=[("separate", "queueing"), ("child", "queueing"),
@@ -37,17 +39,20 @@ def gateway(request):
         wait_until(lambda: settled_processes(gw.credits_config), 30,
                    message="jasmin-credits-settled running")
         if link == "events":
-            gw.wait_for_consumers(set(OUR_QUEUES))
+            gw.wait_for_consumers(set(OUR_QUEUES) - {RECEIPTS_QUEUE})
         gw.link = link
         yield gw
 
 
 def test_who_consumes_jasmins_events(gateway):
-    """events: one consumer per queue, the daemon's (jasmind's reactor consumes nothing);
-    queueing: no consumer at all (the launcher settles in process)."""
+    """events: one consumer per queue, the daemon's (jasmind's reactor consumes nothing),
+    and no receipts queue without dlr_refund; queueing: no consumer at all (the launcher
+    settles in process)."""
     consumers = gateway.rabbitmq.queue_consumers()
     expected = 1 if gateway.link == "events" else 0
-    assert {q: consumers.get(q, 0) for q in OUR_QUEUES} == {q: expected for q in OUR_QUEUES}
+    assert {q: consumers.get(q, 0) for q in OUR_QUEUES} == {
+        q: 0 if q == RECEIPTS_QUEUE else expected for q in OUR_QUEUES}
+    assert RECEIPTS_QUEUE not in {queue for _, queue, _ in gateway.rabbitmq.bindings()}
 
 
 def test_charged(gateway, smpp_client, books):
