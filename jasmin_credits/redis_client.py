@@ -8,11 +8,14 @@ pass. Replies are parsed by txredisapi as usual (with hiredis when it is install
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import txredisapi
 from twisted.internet import ssl
 from twisted.internet.interfaces import IReactorTCP
+
+log = logging.getLogger("jasmin-credits.redis")
 
 
 class FastRedisProtocol(txredisapi.RedisProtocol):
@@ -67,4 +70,16 @@ def connection_pool(
                                connect_timeout)
         else:
             reactor.connectTCP(host, port, factory, connect_timeout)
-    return factory.handler if lazy else factory.deferred
+    if not lazy:
+        return factory.deferred
+    # Lazy: nobody awaits the pool's "ready" Deferred, and txredisapi fails it when Redis
+    # refuses AUTH or SELECT (and stops reconnecting). Say so once, clearly; unconsumed it
+    # is an "Unhandled error in Deferred" traceback. Calls then fail as store unavailable.
+    factory.deferred.addErrback(_set_up_failed, f"{host}:{port}")
+    return factory.handler
+
+
+def _set_up_failed(failure: Any, where: str) -> None:
+    log.error("Redis at %s refused the connection set-up: %s (check redis.password, "
+              "redis.username and redis.db); every credit operation fails until a restart",
+              where, failure.getErrorMessage())

@@ -27,7 +27,8 @@ PACKAGE = REPO_ROOT / "jasmin_credits"
 
 
 def _credits_config(directory: Path, redis_port: int, **redis: object) -> Path:
-    """A credits config on ``redis_port`` with settlement off (no RabbitMQ needed)."""
+    """A credits config on ``redis_port`` with settlement off (no RabbitMQ needed) and no
+    ``jasmin-credits-settled`` child (these tests are about this process's connections)."""
     data = yaml.safe_load((REPO_ROOT / "config" / "credits.yaml").read_text())
     data["redis"].update(host="127.0.0.1", port=redis_port, key_prefix="jcsec", timeout=1,
                          connect_timeout=1, **redis)
@@ -35,6 +36,7 @@ def _credits_config(directory: Path, redis_port: int, **redis: object) -> Path:
                               for f in ("world.yaml", "premium.yaml")]
     data["charging"]["mode"] = "interceptor-pb"
     data["settlement"]["enabled"] = False
+    data["settlement"]["process"] = "gateway"
     path = directory / "credits.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -134,11 +136,15 @@ class RedisPasswordTests(TestCase):
         self.assertEqual((wallet.balance, wallet.reserved), (10_000, 800))
 
     async def test_wrong_password_refuses_as_store_unavailable(self):
-        """A wrong password makes charging refuse with store_unavailable, not crash."""
-        runtime = await self._runtime("not-the-password")
-        decision = await runtime.charger.charge(
-            routable(smpp_message(destination="33612345678")))
+        """A wrong password makes charging refuse with store_unavailable, not crash, and is
+        said once in the log (not as an "Unhandled error in Deferred" traceback)."""
+        with self.assertLogs("jasmin-credits.redis", "ERROR") as logged:
+            runtime = await self._runtime("not-the-password")
+            decision = await runtime.charger.charge(
+                routable(smpp_message(destination="33612345678")))
         self.assertEqual(decision.refusal, Refusal.STORE_UNAVAILABLE)
+        self.assertIn("refused the connection set-up", logged.output[0])
+        self.assertIn("check redis.password", logged.output[0])
 
 
 # Files allowed to call pickle.loads, and what they unpickle: data Jasmin hands over
