@@ -160,9 +160,8 @@ class BackgroundRetry:
         return result
 
     def _unexpected(self, failure: Any, label: str) -> None:
-        self.given_up += 1
-        self.on_give_up()
-        self.log.error("%s failed: %s", label, failure.getTraceback())
+        self._give_up(lambda why: self.log.error("%s failed: %s", label, why),
+                      failure.getTraceback())
 
     def failed_before_run(self, message: str) -> None:
         """Log the exception being handled (ours, in a step before :meth:`run`: Jasmin must

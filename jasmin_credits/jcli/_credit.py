@@ -93,8 +93,9 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
         store = self.runtime.store
         uids = await store.wallets()
         rows: list[list[str]] = []
-        # LIST_CONCURRENCY wallets at a time: one Redis round trip per chunk rather than
-        # two per wallet, and never thousands of calls waiting on their timeouts at once.
+        # LIST_CONCURRENCY wallets at a time: a chunk's calls go out together, so the
+        # console waits about one round trip per chunk rather than two per wallet, and
+        # never has thousands of calls waiting on their timeouts at once.
         for start in range(0, len(uids), LIST_CONCURRENCY):
             chunk = uids[start:start + LIST_CONCURRENCY]
             try:

@@ -27,6 +27,6 @@ def test_launcher_killed_and_restarted_under_load(process):
         assert counts["no_answer"] > 0 and counts["reconnects"] >= 1
         assert counts["charged"] == counts["smsc_ok"]
         if process == "child":
-            jasmind = gateway.children["jasmind"].process.pid
-            assert settled_processes(gateway.credits_config)[0][1] == jasmind
-            assert len(settled_processes(gateway.credits_config)) == 1
+            # the books above needed a settler after the restart: the new launcher's child
+            parents = [ppid for _, ppid in settled_processes(gateway.credits_config)]
+            assert parents == [gateway.children["jasmind"].process.pid]
