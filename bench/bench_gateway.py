@@ -421,8 +421,9 @@ def _label(pid: int, comm: str) -> str | None:
             cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return None
-    for needle, label in (("client-", "client"), ("jasmind", "jasmind"),
-                          ("launcher", "jasmind"), ("interceptord", "interceptord"),
+    for needle, label in (("jasmin_credits.settled", "settled"), ("client-", "client"),
+                          ("jasmind", "jasmind"), ("launcher", "jasmind"),
+                          ("interceptord", "interceptord"),
                           ("smsc_simulator", "smsc"), ("dlrlookupd", "dlr daemons"),
                           ("dlrd", "dlr daemons"), ("redis-server", "redis"),
                           ("beam", "rabbitmq")):

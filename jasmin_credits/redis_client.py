@@ -1,9 +1,10 @@
-"""Our Redis connection pool: txredisapi with a faster command encoder.
+"""Our Redis connection pool: txredisapi with a faster command encoder and writes.
 
 txredisapi builds every command through generic per-argument encoding (about 4 us per
 argument in CPython); a reserve call has ~30 arguments, so building it cost more than the
 script's run inside Redis. :class:`FastRedisProtocol` encodes the same RESP bytes in one
-pass. Replies are parsed by txredisapi as usual (with hiredis when it is installed).
+pass, and sends them at once (:func:`write_at_once`). Replies are parsed by txredisapi as
+usual (with hiredis when it is installed).
 """
 
 from __future__ import annotations
@@ -12,14 +13,53 @@ import logging
 from typing import Any
 
 import txredisapi
-from twisted.internet import ssl
-from twisted.internet.interfaces import IReactorTCP
+from twisted.internet import ssl, tcp
+from twisted.internet.interfaces import IReactorTCP, ISSLTransport
 
 log = logging.getLogger("jasmin-credits.redis")
 
 
+def write_at_once(transport: Any) -> None:
+    """Make a TCP transport's ``write`` send at once when nothing waits in its buffer.
+
+    Twisted buffers every write and sends it on the reactor's next turn, once epoll says
+    the socket is writable: per Redis call one more turn of the reactor before the
+    request even leaves (plus an epoll_wait and two epoll_ctl). A hold waits for Redis's
+    answer before Jasmin can answer its client, so that turn is latency on every message:
+    about 40-50 us of a 130 us round trip here (docs/benchmarks.md). A request is small
+    and the socket's send buffer is almost always empty, so it goes now; whatever the
+    socket does not take, or an error, takes Twisted's buffered path as before, which
+    keeps the order of the bytes and reports a broken connection as usual.
+
+    TLS connections (a transport that is not a plain ``tcp.Connection``) are left alone.
+    """
+    if not isinstance(transport, tcp.Connection) or ISSLTransport.providedBy(transport):
+        return
+    buffered = transport.write
+
+    def write(data: bytes) -> None:
+        if (transport.connected and not transport.disconnecting
+                and not transport.dataBuffer and not transport._tempDataBuffer):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:  # would block, or broken: the buffered path finds out
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        buffered(data)
+
+    transport.write = write
+
+
 class FastRedisProtocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol with a one-pass RESP encoder (same bytes on the wire)."""
+    """txredisapi's protocol with a one-pass RESP encoder (same bytes on the wire), whose
+    requests leave at once (:func:`write_at_once`)."""
+
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802 - Twisted's name
+        if self.factory.write_at_once:
+            write_at_once(transport)
+        super().makeConnection(transport)
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         out = [b"*%d\r\n" % len(args)]
@@ -40,6 +80,7 @@ class FastRedisProtocol(txredisapi.RedisProtocol):
 
 class _Factory(txredisapi.RedisFactory):
     protocol = FastRedisProtocol
+    write_at_once = True
 
 
 def connection_pool(
@@ -54,16 +95,19 @@ def connection_pool(
     tls: bool = False,
     connect_timeout: float = 2.0,
     lazy: bool = True,
+    immediate_writes: bool = True,
 ) -> Any:
     """A reconnecting pool of ``poolsize`` connections, as txredisapi's ``makeConnection``.
 
     Lazy (the default): the handler is returned at once and commands wait for a
     connection; callers bound every call with a timeout. Not lazy: a Deferred firing with
-    the handler once every connection is up.
+    the handler once every connection is up. ``immediate_writes`` False: Twisted's
+    buffered writes instead of :func:`write_at_once` (bench/bench_hold.py compares them).
     """
     factory = _Factory(f"{host}:{port}", db, poolsize, lazy, txredisapi.ConnectionHandler,
                        "utf-8", password, None, False, username)
     factory.continueTrying = True
+    factory.write_at_once = immediate_writes
     for _ in range(poolsize):
         if tls:
             reactor.connectSSL(host, port, factory, ssl.ClientContextFactory(),
