@@ -128,38 +128,77 @@ _SAFE_GLOBALS = frozenset({("_codecs", "encode"), ("copyreg", "_reconstructor"),
                            ("copy_reg", "_reconstructor"), ("collections", "OrderedDict")})
 
 
-class _PduUnpickler(pickle.Unpickler):
-    """Loads what Jasmin pickles into ``submit.sm.*`` (smpp.pdu and jasmin objects), nothing else.
+class InertObject:
+    """What :func:`load_submit_sm` builds where Jasmin's pickle names a class of ``smpp`` or
+    ``jasmin``: an object holding the pickled state (its ``__dict__``) and nothing else.
 
-    The body comes from Jasmin's own queue, but anyone who can publish on the broker could
-    put a pickle there: refusing every other global keeps that from running code here.
+    No code of those packages runs while a body loads: not their constructors, not their
+    ``__setstate__`` or enum look-ups, whatever a body names. Settlement needs only our tag
+    (a plain dict attribute) and the class's name, so stand-ins are all it builds.
     """
 
-    _allowed: dict[tuple[str, str], Any] = {}
-    """Classes already checked and resolved (every PDU names the same dozen)."""
+    pickled_name: tuple[str, str] = ("", "")
+    """The (module, name) the pickle named."""
+
+    def __init__(self, *args: Any) -> None:
+        # Reached when a pickle calls the class (REDUCE: enum members, with their value).
+        self.__dict__["pickled_args"] = args
+
+    def __repr__(self) -> str:
+        return f"<inert {'.'.join(self.pickled_name)}>"
+
+
+_MAX_INERT_CLASSES = 1000
+"""Stand-in classes kept for reuse; past this many (only a hostile publisher names that
+many), new ones are made per body and not kept."""
+
+
+class _PduUnpickler(pickle.Unpickler):
+    """Loads what Jasmin pickles into ``submit.sm.*``, running none of its classes' code.
+
+    The body comes from Jasmin's own queue, but anyone who can publish on the broker could
+    put a pickle there. A class of ``smpp`` or ``jasmin`` becomes an :class:`InertObject`
+    stand-in; a few harmless builtins load as themselves; every other global is refused,
+    and so is a dotted name: protocol 4 resolves ``module`` + ``"a.b"`` attribute by
+    attribute, which would reach whatever a Jasmin module imported (its ``sys``, its
+    ``pickle``).
+    """
+
+    _known: dict[tuple[str, str], Any] = {}
+    """Globals already resolved (every PDU names the same dozen)."""
 
     def find_class(self, module: str, name: str) -> Any:
         key = (module, name)
-        found = self._allowed.get(key)
+        found = self._known.get(key)
         if found is not None:
             return found
-        if module.split(".")[0] in ("smpp", "jasmin") or key in _SAFE_GLOBALS or (
-                module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS):
+        if not name.isidentifier() or not all(p.isidentifier() for p in module.split(".")):
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module.split(".")[0] in ("smpp", "jasmin"):
+            found = type(name, (InertObject,), {"__module__": module, "__qualname__": name,
+                                               "pickled_name": key})
+        elif key in _SAFE_GLOBALS or (module in ("builtins", "__builtin__")
+                                      and name in _SAFE_BUILTINS):
             # (protocol 2 names builtins "__builtin__"; the base class maps it back)
-            found = self._allowed[key] = super().find_class(module, name)
-            return found
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+            found = super().find_class(module, name)
+        else:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if len(self._known) < _MAX_INERT_CLASSES:
+            self._known[key] = found
+        return found
 
 
-def load_submit_sm(body: bytes) -> Any:
-    """Unpickle the SubmitSM of a ``submit.sm.*`` message; ValueError if it is not one."""
-    from smpp.pdu.operations import SubmitSM
+_SUBMIT_SM = ("smpp.pdu.operations", "SubmitSM")
 
+
+def load_submit_sm(body: bytes) -> InertObject:
+    """The SubmitSM of a ``submit.sm.*`` message, as inert stand-ins (:class:`InertObject`:
+    its attributes, our tag among them, and no behaviour); ValueError if it is not one."""
     try:
         pdu = _PduUnpickler(io.BytesIO(body)).load()
     except Exception as error:
         raise ValueError(f"cannot unpickle the body: {error}") from None
-    if not isinstance(pdu, SubmitSM):
+    if getattr(type(pdu), "pickled_name", None) != _SUBMIT_SM:
         raise ValueError(f"the body is a {type(pdu).__name__}, not a SubmitSM")
     return pdu
 
@@ -621,7 +660,7 @@ class SettlementConsumer:
 __all__ = [
     "ALL_EVENTS", "DELIVER_SM", "DELIVER_SM_KEYS", "JASMIN_RETRY_STATUSES", "PDU_ATTRIBUTE",
     "SUBMIT_SM", "SUBMIT_SM_KEYS", "SUBMIT_SM_RESP", "SUBMIT_SM_RESP_KEYS", "Malformed",
-    "Outcome", "QueueNames", "Settlement", "SettlementConsumer", "bindings",
+    "InertObject", "Outcome", "QueueNames", "Settlement", "SettlementConsumer", "bindings",
     "declare_queues", "events_consumed", "link_tagged", "load_submit_sm", "read_tag",
     "retire_queue", "tag_pdu",
 ]

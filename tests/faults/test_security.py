@@ -175,6 +175,78 @@ def test_no_unpickling_of_redis_data():
         assert not re.search(r"\b(store|redis)\b.*\n?.*pickle\.loads", text), name
 
 
+def _protocol4_call(module: str, name: str, arg: bytes) -> bytes:
+    """A protocol-4 pickle calling ``module`` + ``name`` (STACK_GLOBAL) with ``arg``."""
+
+    def text(value: str) -> bytes:  # SHORT_BINUNICODE
+        data = value.encode()
+        return b"\x8c" + bytes([len(data)]) + data
+
+    return (b"\x80\x04" + text(module) + text(name) + b"\x93"
+            + b"C" + bytes([len(arg)]) + arg + b"\x85R.")  # SHORT_BINBYTES, TUPLE1, REDUCE
+
+
+def test_restricted_unpickler_refuses_dotted_names():
+    """Protocol 4 resolves a dotted name attribute by attribute: ``jasmin.queues.factory`` +
+    ``sys.exit`` is Jasmin's imported ``sys.exit``, ``jasmin.managers.content`` +
+    ``pickle.loads`` an unrestricted unpickler. Both are refused, nothing is called."""
+    import pickle
+
+    from jasmin_credits.settlement import load_submit_sm
+
+    inner = pickle.dumps(os.getcwd)
+    for module, name, arg in (("jasmin.queues.factory", "sys.exit", b"bye"),
+                              ("jasmin.managers.content", "pickle.loads", inner),
+                              ("smpp.pdu.operations", "SubmitSM.__init__", b"")):
+        try:
+            load_submit_sm(_protocol4_call(module, name, arg))
+        except ValueError as error:
+            assert f"refusing to load {module}.{name}" in str(error), error
+        else:
+            raise AssertionError(f"{module}.{name} was loaded")
+
+
+def test_smpp_and_jasmin_classes_load_as_inert_stand_ins():
+    """No smpp/jasmin code runs while a body loads: called with no arguments, Jasmin's
+    ``User`` would raise TypeError; its stand-in does not, and is no SubmitSM. A real
+    tagged SubmitSM chain loads as stand-ins whose attributes and tag read as pickled."""
+    import pickle
+
+    from jasmin.routing.jasminApi import User
+    from smpp.pdu.operations import SubmitSM
+
+    from jasmin_credits.settlement import InertObject, load_submit_sm, read_tag, tag_pdu
+    from tests.jasmin_objects import http_message
+
+    try:
+        User()  # the real class's code refuses this call
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("User() ran without arguments: pick another class")
+    empty_call = b"\x80\x04\x8c\x18jasmin.routing.jasminApi\x8c\x04User\x93)R."
+    try:
+        load_submit_sm(empty_call)
+    except ValueError as error:
+        assert str(error) == "the body is a User, not a SubmitSM", error
+    else:
+        raise AssertionError("a User was taken for a SubmitSM")
+
+    pdu = http_message("x" * 400)  # three parts: a nextPdu chain, enums, sets
+    tag_pdu(pdu, "alice", "1795000000000-abcdef012345", 3)
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        loaded = load_submit_sm(pickle.dumps(pdu, protocol))
+        assert isinstance(loaded, InertObject) and not isinstance(loaded, SubmitSM)
+        assert read_tag(loaded) == {"uid": "alice", "ref": "1795000000000-abcdef012345",
+                                    "parts": 3}
+        assert loaded.params["destination_addr"] == pdu.params["destination_addr"]
+        assert loaded.nextPdu.nextPdu.params["short_message"] == (
+            pdu.nextPdu.nextPdu.params["short_message"])
+        last, loaded_last = pdu.nextPdu.nextPdu, loaded.nextPdu.nextPdu
+        assert hasattr(loaded_last, "nextPdu") == hasattr(last, "nextPdu")
+        assert vars(loaded_last).keys() == vars(last).keys()
+
+
 def test_restricted_unpickler_refuses_other_globals():
     """Settlement's unpickler refuses a pickle naming any global outside smpp/jasmin."""
     import pickle
