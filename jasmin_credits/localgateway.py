@@ -42,7 +42,7 @@ from jasmin_credits.devservices import (
     port_is_free,
     wait_for_port,
 )
-from jasmin_credits.jcli_client import JCliClient
+from jasmin_credits.jcli_client import JCliClient, JCliError
 
 REPO_ROOT = Path(jasmin_credits.__file__).resolve().parent.parent
 
@@ -526,13 +526,33 @@ class LocalGateway:
 
     def add_smsc_connector(self, jcli: JCliClient, cid: str = "smsc", start: bool = True,
                            extra: Iterable[str] = ()) -> str:
-        """``smppccm -a`` to the simulator with ``submit_throughput 0``, then start it."""
-        output = jcli.run("smppccm -a", [
-            f"cid {cid}", "host 127.0.0.1", f"port {self.smsc_port}", "username gw",
-            "password gwpwd", "bind transceiver", "submit_throughput 0", *extra])
+        """``smppccm -a`` to the simulator with ``submit_throughput 0``, then start it.
+
+        If Jasmin refuses (its answer only says "check log for details"), the error carries
+        the end of the logs that say why: the run directory is often gone by the time
+        anyone reads a failed run."""
+        try:
+            output = jcli.run("smppccm -a", [
+                f"cid {cid}", "host 127.0.0.1", f"port {self.smsc_port}", "username gw",
+                "password gwpwd", "bind transceiver", "submit_throughput 0", *extra])
+        except JCliError as error:
+            raise JCliError(f"{error}\n{self._log_tails('smppclient-manager', 'amqp-client')}"
+                            ) from None
         if start:
             output += "\n" + jcli.run(f"smppccm -1 {cid}")
         return output
+
+    def _log_tails(self, *names: str, lines: int = 15) -> str:
+        """The last ``lines`` lines of each of Jasmin's logs ``names`` in the run directory."""
+        parts = []
+        for name in names:
+            path = self.rundir / "log" / f"{name}.log"
+            try:
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError as error:
+                tail = [f"(unreadable: {error})"]
+            parts.append(f"--- {path.name}:\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def add_default_route(self, jcli: JCliClient, cid: str = "smsc") -> str:
         """``mtrouter -a`` DefaultRoute to ``smppc(cid)`` with rate 0 (no Jasmin billing)."""
