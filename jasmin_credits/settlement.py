@@ -600,10 +600,9 @@ class SettlementConsumer:
             tag = f"{queue}.{uuid.uuid4().hex[:12]}"
             await channel.basic_consume(queue=queue, no_ack=False, consumer_tag=tag)
             incoming = await client.queue(tag)
-            Deferred.fromCoroutine(self._consume(incoming, client, channel, handler))
+            Deferred.fromCoroutine(self._consume(incoming, channel, handler))
 
-    async def _consume(self, incoming: Any, client: Any, channel: Any,
-                       handler: Handler) -> None:
+    async def _consume(self, incoming: Any, channel: Any, handler: Handler) -> None:
         while True:
             try:
                 message = await incoming.get()
@@ -611,7 +610,7 @@ class SettlementConsumer:
                 return
             if self._stopping:
                 continue  # left unacked: the broker requeues it when we close
-            d = Deferred.fromCoroutine(self._process(client, channel, message, handler))
+            d = Deferred.fromCoroutine(self._process(channel, message, handler))
             self._inflight.add(d)
             d.addBoth(self._done, d)
 
@@ -623,8 +622,7 @@ class SettlementConsumer:
     def _count(self, what: Outcome | str) -> None:
         self.handled[what] = self.handled.get(what, 0) + 1
 
-    async def _process(self, client: Any, channel: Any, message: Any,
-                       handler: Handler) -> None:
+    async def _process(self, channel: Any, message: Any, handler: Handler) -> None:
         content = message.content
         try:
             outcome = await handler(content.body, content.properties or {})
@@ -642,7 +640,7 @@ class SettlementConsumer:
             outcome = Outcome.MALFORMED
         self._count(outcome)
         try:
-            client.ack(channel, message.delivery_tag)  # amqp.ConsumerClient
+            channel.client.ack(channel, message.delivery_tag)  # amqp.ConsumerClient
         except Exception as error:  # noqa: BLE001 - the broker redelivers; idempotent
             log.info("ack failed (%s): the event will be redelivered", error)
 

@@ -420,10 +420,17 @@ class ConsumerTests(TestCase):
         await channel.basic_publish(exchange="messaging", routing_key=routing_key,
                                     content=content)
 
-    async def consumer(self, settlement, **kwargs) -> SettlementConsumer:
-        names = QueueNames.with_prefix(f"jasmin_credits.t{id(self):x}")
-        consumer = SettlementConsumer(settlement, self.amqp_settings, queues=names, **kwargs)
+    def queue_names(self, letter: str) -> QueueNames:
+        """Queue names of this test alone, deleted when it ends."""
+        names = QueueNames.with_prefix(f"jasmin_credits.{letter}{id(self):x}")
         self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        return names
+
+    async def consumer(self, settlement, names: QueueNames | None = None,
+                       **kwargs) -> SettlementConsumer:
+        """A started consumer on ``names`` (default: the test's own), stopped at the end."""
+        consumer = SettlementConsumer(settlement, self.amqp_settings,
+                                      queues=names or self.queue_names("t"), **kwargs)
         self.addCleanup(consumer.stop)
         await consumer.start()
         return consumer
@@ -453,8 +460,7 @@ class ConsumerTests(TestCase):
     async def test_queues_declared_at_start_keep_events_until_a_consumer_comes(self):
         """declare_queues (run by a gateway at start) makes our queues catch Jasmin's
         events before any settlement consumer runs."""
-        names = QueueNames.with_prefix(f"jasmin_credits.d{id(self):x}")
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        names = self.queue_names("d")
         self.assertTrue(await declare_queues(self.amqp_settings, names))
         conn = await self.publisher()
         await self.publish(conn, "submit.sm.smsc", submit_sm(UID, "1-a"))
@@ -483,14 +489,10 @@ class ConsumerTests(TestCase):
     async def test_no_submit_sm_queue_when_links_come_from_elsewhere(self):
         """Without submit_sm in ``events``: no submit_sm queue at start nor in the consumer,
         and responses still settle what the gateway linked."""
-        names = QueueNames.with_prefix(f"jasmin_credits.q{id(self):x}")
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        names = self.queue_names("q")
         self.assertTrue(await declare_queues(self.amqp_settings, names, events=OUTCOMES))
         store = await funded(self)
-        consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
-                                      events=OUTCOMES)
-        self.addCleanup(consumer.stop)
-        await consumer.start()
+        consumer = await self.consumer(Settlement(store), names, events=OUTCOMES)
         conn = await self.publisher()
         ref = await hold(store)
         message = submit_sm(UID, ref)
@@ -504,15 +506,11 @@ class ConsumerTests(TestCase):
     async def test_no_receipt_queue_without_dlr_refund(self):
         """dlr_refund empty (the default): no deliver_sm queue, so no copy of every receipt
         is queued for nothing; links and responses still settle."""
-        names = QueueNames.with_prefix(f"jasmin_credits.r{id(self):x}")
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        names = self.queue_names("r")
         events = events_consumed("events", [])
         self.assertTrue(await declare_queues(self.amqp_settings, names, events=events))
         store = await funded(self)
-        consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
-                                      events=events)
-        self.addCleanup(consumer.stop)
-        await consumer.start()
+        await self.consumer(Settlement(store), names, events=events)
         conn = await self.publisher()
         message = submit_sm(UID, await hold(store))
         await self.send_published(conn, message, message.properties["message-id"])
@@ -528,8 +526,7 @@ class ConsumerTests(TestCase):
     async def test_switch_to_queueing_unbinds_and_drains_the_old_queue(self):
         """A submit_sm queue left by settlement.link: events is unbound, and the events it
         still holds are linked (none lost in the switch); new ones no longer reach it."""
-        names = QueueNames.with_prefix(f"jasmin_credits.s{id(self):x}")
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        names = self.queue_names("s")
         self.assertTrue(await declare_queues(self.amqp_settings, names))  # events
         store = await funded(self)
         conn = await self.publisher()
@@ -542,10 +539,7 @@ class ConsumerTests(TestCase):
         await eventually(one_left, what="the event waiting in the old queue")
         self.assertTrue(await declare_queues(self.amqp_settings, names,
                                              events=OUTCOMES))  # a gateway restarts
-        consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
-                                      events=OUTCOMES)
-        self.addCleanup(consumer.stop)
-        await consumer.start()
+        consumer = await self.consumer(Settlement(store), names, events=OUTCOMES)
         await self.publish(conn, "dlr.submit_sm_resp",
                            resp(left.properties["message-id"], "ESME_ROK"))
         await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="leftover charged")
@@ -561,8 +555,7 @@ class ConsumerTests(TestCase):
         """settlement.link: queueing settles nothing from RabbitMQ: nothing is declared, the
         queues settlement.link: events left are unbound, the events they hold settle (none
         lost in the switch), and later events no longer reach them."""
-        names = QueueNames.with_prefix(f"jasmin_credits.o{id(self):x}")
-        self.addCleanup(lambda: Deferred.fromCoroutine(self.delete_queues(names)))
+        names = self.queue_names("o")
         self.assertTrue(await declare_queues(self.amqp_settings, names))  # events
         store = await funded(self)
         conn = await self.publisher()
@@ -577,10 +570,7 @@ class ConsumerTests(TestCase):
         nowhere = replace(self.amqp_settings, port=free_port(), connect_timeout=1.0)
         self.assertTrue(await declare_queues(nowhere, names,
                                              events=frozenset()))  # never connects
-        consumer = SettlementConsumer(Settlement(store), self.amqp_settings, queues=names,
-                                      events=frozenset())
-        self.addCleanup(consumer.stop)
-        await consumer.start()
+        consumer = await self.consumer(Settlement(store), names, events=frozenset())
         await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="leftover charged")
         probe = f"{names.submit_sm}.probe"
         channel = await conn.when_ready()
