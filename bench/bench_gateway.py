@@ -470,21 +470,23 @@ def cpu_per_message(before: dict, after: dict, messages: int) -> dict[str, float
 
 def start_profile(args: argparse.Namespace, conf: Configuration, name: str,
                   snapshot: dict[int, tuple[str, int]]) -> list[subprocess.Popen]:
-    """With ``--profile DIR``: py-spy records jasmind and the interceptord (if any) during
-    one measurement, into ``DIR/<config>-<row>-<process>.txt`` (raw format: one line per
-    stack with its sample count; py-spy from PATH or beside Python)."""
+    """With ``--profile DIR``: py-spy records jasmind, settled and the interceptord (if any)
+    during one measurement, into ``DIR/<config>-<row>-<process>.txt`` (raw format: one line
+    per stack with its sample count; ``--gil``: only samples of the thread running Python,
+    so a process waiting in epoll is not counted as busy; py-spy from PATH or beside
+    Python)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not args.profile or not Path(spy).exists():
         return []
     recorders = []
     for pid, (label, _) in snapshot.items():
-        if label not in ("jasmind", "interceptord"):
+        if label not in ("jasmind", "settled", "interceptord"):
             continue
         out = Path(args.profile) / f"{conf.key}-{name.replace(' ', '-')}-{label}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         recorders.append(subprocess.Popen(
             [spy, "record", "-p", str(pid), "-f", "raw", "-r", "250", "-o", str(out),
-             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             "--nonblocking", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return recorders
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import txredisapi
 from twisted.internet import defer, reactor, task
@@ -53,6 +55,26 @@ async def pair(store: CreditStore) -> None:
     if not hold.ok:
         raise RuntimeError(f"bench wallet refused: {hold}")
     await store.commit("bench", hold.ref)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def server_cpu_seconds(pool: Any) -> float:
+    """CPU time redis-server used so far (its main and background threads)."""
+    info = await pool.execute_command("INFO", "cpu")
+    fields = dict(re.findall(r"(used_cpu_(?:sys|user)):([\d.]+)", info))
+    return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+
+
+async def evalsha_calls(pool: Any) -> int:
+    """EVALSHA calls redis-server answered so far (each a batch of operations, or one)."""
+    stats = await pool.execute_command("INFO", "commandstats")
+    found = re.search(r"cmdstat_evalsha:calls=(\d+)", stats)
+    return int(found.group(1)) if found else 0
 
 
 async def throughput(store: CreditStore, pairs: int, concurrency: int) -> float:
@@ -105,7 +127,12 @@ async def measure(args, appendonly: bool) -> None:
         store = CreditStore(pool, clock=reactor, reactor=reactor, keys=Keys("bench"))
         await store.top_up("bench", 10**15, op_id="fund", actor="bench")
         await throughput(store, 2000, args.concurrency)  # warm-up, scripts loaded
+        calls = await evalsha_calls(pool)
+        cpu, server_cpu = cpu_seconds(), await server_cpu_seconds(pool)
         rate = await throughput(store, args.pairs, args.concurrency)
+        cpu = (cpu_seconds() - cpu) * 1e6 / args.pairs
+        server_cpu = (await server_cpu_seconds(pool) - server_cpu) * 1e6 / args.pairs
+        per_call = 2 * args.pairs / (await evalsha_calls(pool) - calls - 1)
         samples = await latency(store, args.rate, args.seconds)
         stats = await pool.execute_command("INFO", "commandstats")
         await pool.disconnect()
@@ -118,6 +145,8 @@ async def measure(args, appendonly: bool) -> None:
     print(f"== redis-server {mode}")
     print(f"reserve+commit pairs/s (concurrency {args.concurrency}, pool {args.poolsize}): "
           f"{rate:,.0f}  = {2 * rate:,.0f} Lua calls/s")
+    print(f"CPU per pair during it: this process {cpu:.1f} us, redis-server {server_cpu:.1f} us;"
+          f" {per_call:.1f} operations per EVALSHA")
     print(f"latency at {args.rate} pairs/s for {args.seconds}s ({len(samples)} pairs): "
           f"p50 {qs[49] * 1000:.2f} ms, p99 {qs[98] * 1000:.2f} ms")
     evalsha = re.search(r"cmdstat_evalsha:calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)",

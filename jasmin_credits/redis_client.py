@@ -2,9 +2,9 @@
 
 txredisapi builds every command through generic per-argument encoding (about 4 us per
 argument in CPython); a reserve call has ~30 arguments, so building it cost more than the
-script's run inside Redis. :class:`FastRedisProtocol` encodes the same RESP bytes in one
-pass, and sends them at once (:func:`write_at_once`). Replies are parsed by txredisapi as
-usual (with hiredis when it is installed).
+script's run inside Redis. :class:`FastRedisProtocol` encodes the same RESP bytes with
+hiredis (or one Python pass), and sends them at once (:func:`write_at_once`). Replies are
+parsed by txredisapi as usual (with hiredis when it is installed).
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ from typing import Any
 import txredisapi
 from twisted.internet import ssl, tcp
 from twisted.internet.interfaces import IReactorTCP, ISSLTransport
+
+try:  # hiredis is a dependency; pack_command came with hiredis-py 2.1
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - an older hiredis
+    _pack_command = None
 
 log = logging.getLogger("jasmin-credits.redis")
 
@@ -53,8 +58,16 @@ def write_at_once(transport: Any) -> None:
 
 
 class FastRedisProtocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol with a one-pass RESP encoder (same bytes on the wire), whose
-    requests leave at once (:func:`write_at_once`)."""
+    """txredisapi's protocol with a faster RESP encoder, whose requests leave at once
+    (:func:`write_at_once`).
+
+    The encoder is hiredis's ``pack_command`` (C, about three times faster than a Python
+    loop on the 50-odd arguments of a batch call), with the bytes txredisapi would write
+    for str, int and bytes. Other types (bool, bytearray, None...) and a hiredis without
+    ``pack_command`` take a one-pass Python encoder with txredisapi's own rules; floats,
+    which nothing of ours sends, go as Python's ``repr`` where txredisapi rounds them to
+    six decimals.
+    """
 
     def makeConnection(self, transport: Any) -> None:  # noqa: N802 - Twisted's name
         if self.factory.write_at_once:
@@ -62,6 +75,14 @@ class FastRedisProtocol(txredisapi.RedisProtocol):
         super().makeConnection(transport)
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        if _pack_command is not None:
+            try:
+                return _pack_command(args)
+            except TypeError:  # a type hiredis does not take: txredisapi's rules below
+                pass
+        return self._build_command_python(args)
+
+    def _build_command_python(self, args: tuple[Any, ...]) -> bytes:
         out = [b"*%d\r\n" % len(args)]
         append = out.append
         for arg in args:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 
+import txredisapi
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
-from jasmin_credits.redis_client import connection_pool, write_at_once
+from jasmin_credits import redis_client
+from jasmin_credits.redis_client import FastRedisProtocol, connection_pool, write_at_once
 
 
 class _Collect(protocol.Protocol):
@@ -105,3 +107,42 @@ class PoolTests(TestCase):
         replies = await defer.gatherResults(
             [pool.execute_command("ECHO", f"message {i}") for i in range(200)])
         self.assertEqual(replies, [f"message {i}" for i in range(200)])
+
+
+class EncoderTests(TestCase):
+    """Our encoder writes the bytes txredisapi's own would (hiredis or the Python pass)."""
+
+    def _protocols(self):
+        ours = FastRedisProtocol.__new__(FastRedisProtocol)
+        stock = txredisapi.RedisProtocol.__new__(txredisapi.RedisProtocol)
+        for p in (ours, stock):
+            p.charset, p.errors = "utf-8", "strict"
+        return ours, stock
+
+    def test_a_batch_call_encodes_as_txredisapi_would(self):
+        ours, stock = self._protocols()
+        args = ("EVALSHA", "f" * 40, 2, "jc:{u:é}:w", "jc:{u:é}:r:1", 2, "reserve", 0, -7,
+                12345678901234567890, b"\x00\xff raw", "", "€ unicode ✓")
+        self.assertTrue(redis_client._pack_command is not None, "hiredis without pack_command")
+        self.assertEqual(ours._build_command(*args), stock._build_command(*args))
+
+    def test_types_hiredis_refuses_follow_txredisapi_rules(self):
+        ours, stock = self._protocols()
+        args = ("SET", True, bytearray(b"ab"), None)
+        self.assertEqual(ours._build_command(*args), stock._build_command(*args))
+
+    def test_the_python_pass_matches_too(self):
+        ours, stock = self._protocols()
+        args = ("HSET", "k", "f", 42, b"v", "é", bytearray(b"x"), False)
+        self.assertEqual(ours._build_command_python(args), stock._build_command(*args))
+
+    async def test_real_redis_reads_what_it_writes(self):
+        pool = await connection_pool(reactor, "127.0.0.1", int(os.environ["JC_TEST_REDIS_PORT"]),
+                                     poolsize=1, lazy=False)
+        self.addCleanup(pool.disconnect)
+        key = "jc-test:encoder"
+        self.addCleanup(pool.execute_command, "DEL", key)
+        value = "€ \r\n$3\r\n ✓"
+        await pool.execute_command("HSET", key, "text", value, "n", -12, "raw", b"\x00\xff")
+        got = await pool.execute_command("HMGET", key, "text", "n")
+        self.assertEqual(got, [value, "-12"])
