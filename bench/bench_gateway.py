@@ -8,9 +8,11 @@ measured, and stopped:
 1. ``stock``: stock ``jasmind.py`` (plus TCP_NODELAY, as our launcher sets it: see
    :func:`run_stock_jasmind`), no MT interceptor;
 2. ``stock+interceptord``: stock ``jasmind.py`` + stock ``interceptord.py``, no-op script;
-3. ``in-process``: our launcher charging in process (DefaultInterceptor, pass-through);
+3. ``in-process``: our launcher charging in process at Jasmin's interceptor step
+   (``charging.mode: in-process``, a pass-through DefaultInterceptor);
 4. ``drop-in``: stock ``jasmind.py`` + our ``jasmin-credits-interceptord`` charging;
-5. ``pre-routing``: our launcher, ``charging.mode: pre-routing`` (no MT interceptor at all);
+5. ``pre-routing``: our launcher, ``charging.mode: pre-routing``, the default (no MT
+   interceptor at all);
 6. as 5 with ``settlement.enabled: false``: what jasmind would reach if settlement ran in
    another process (not a complete deployment by itself);
 q. as 3 with ``settlement.link: queueing`` (opt-in: faster, not durable if jasmind dies);
@@ -34,6 +36,11 @@ were really held. Also printed: the price lookup on a 50,000-prefix card
 (``bench_price_lookup.py``), CPU count and load average. Every loop is bounded in count and
 time; everything is stopped at the end, even on failure or Ctrl-C.
 
+With ``--rounds N`` every configuration is measured N times, interleaved (1 2 3, 1 2 3...),
+and the table shows medians, its ratios the median of each round's ratio: this machine's
+speed drifts by tens of percent within minutes, and one round's two measurements sit close
+in time. Every round's figures are printed below the table.
+
 Run: ``.venv/bin/python bench/bench_gateway.py [--messages 5000] [--wait-load 0.8]``
 (results: docs/benchmarks.md).
 """
@@ -45,6 +52,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -317,6 +325,7 @@ def configurations() -> dict[str, Configuration]:
     config = str(REPO / "config" / "credits.yaml")
     stock = {"stock_jasmind": True,
              "launcher_argv": [sys.executable, str(Path(__file__).resolve()), "stock-jasmind"]}
+    in_process = {"charging": {"mode": "in-process"}}
     return {
         "0": Configuration("0", "launcher without credits (stock + 0.11.1 fix), no interceptor",
                            {"interceptord": False}, False, False, True),
@@ -324,18 +333,21 @@ def configurations() -> dict[str, Configuration]:
                            {**stock, "interceptord": False}, False, False, True),
         "2": Configuration("2", "stock jasmind + stock interceptord, no-op script",
                            {**stock, "interceptord": True}, True, False, False),
-        "3": Configuration("3", "launcher, charging in process (the defaults: settlement in "
-                                "its jasmin-credits-settled child)",
-                           {"credits_config": config}, True, True, True),
+        "3": Configuration("3", "launcher, charging in process at the interceptor step "
+                                "(charging.mode: in-process; settlement in its child)",
+                           {"credits_config": config, "credits_overrides": in_process},
+                           True, True, True),
         "g": Configuration("g", "as (3), settlement.process: gateway (inside jasmind)",
                            {"credits_config": config,
-                            "credits_overrides": {"settlement": {"process": "gateway"}}},
+                            "credits_overrides": {**in_process,
+                                                  "settlement": {"process": "gateway"}}},
                            True, True, True),
         "4": Configuration("4", "stock jasmind + our interceptord, charging",
                            {**stock, "credits_config": config, "interceptord": True,
                             "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
                            True, True, False),
-        "5": Configuration("5", "launcher, pre-routing charging (no interceptor)",
+        "5": Configuration("5", "launcher, pre-routing charging (the defaults: no interceptor, "
+                                "settlement in its jasmin-credits-settled child)",
                            {"credits_config": config,
                             "credits_overrides": {"charging": {"mode": "pre-routing"}}},
                            False, True, True),
@@ -346,7 +358,8 @@ def configurations() -> dict[str, Configuration]:
                            False, True, True),
         "7": Configuration("7", "launcher, in-process charging, settlement in settled",
                            {"credits_config": config,
-                            "credits_overrides": {"settlement": {"process": "separate"}}},
+                            "credits_overrides": {**in_process,
+                                                  "settlement": {"process": "separate"}}},
                            True, True, True),
         "8": Configuration("8", "launcher, pre-routing charging, settlement in settled",
                            {"credits_config": config,
@@ -355,7 +368,8 @@ def configurations() -> dict[str, Configuration]:
                            False, True, True),
         "q": Configuration("q", "launcher, in-process charging, settlement.link: queueing",
                            {"credits_config": config,
-                            "credits_overrides": {"settlement": {"link": "queueing"}}},
+                            "credits_overrides": {**in_process,
+                                                  "settlement": {"link": "queueing"}}},
                            True, True, True),
         "9": Configuration("9", "stock jasmind + our interceptord, settlement in settled",
                            {**stock, "credits_config": config, "interceptord": True,
@@ -506,8 +520,9 @@ def accepted(result: dict) -> int:
     return int(statuses.get("0", 0)) + int(statuses.get("200", 0))
 
 
-def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    """Start ``conf``'s gateway, run its measurements, stop it (always)."""
+def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], None],
+            results: dict[str, dict]) -> None:
+    """Start ``conf``'s gateway, run its measurements into ``results``, stop it (always)."""
     from jasmin_credits.localgateway import LocalGateway
 
     rundir = Path(tempfile.mkdtemp(prefix=f"jc-bench-gw{conf.key}-"))
@@ -539,7 +554,7 @@ def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], 
                 stop_profile(spy)
             result["cpu_us_per_msg"] = cpu_per_message(cpu_before, cpu_snapshot(),
                                                        count + args.warmup)
-            conf.results[name] = result
+            results[name] = result
             sent += accepted(result) + (args.warmup if "error" not in result else 0)
             if books is not None and "error" not in result:
                 after = books.wallet("alice")
@@ -550,7 +565,7 @@ def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], 
                 say(f"  [{conf.key}] warning: SMSC got {smsc_count(gateway)} of {sent} "
                     f"after {args.drain_timeout}s")
     except Exception as error:
-        conf.results["error"] = {"error": f"{type(error).__name__}: {error}"}
+        results["error"] = {"error": f"{type(error).__name__}: {error}"}
         say(f"  [{conf.key}] FAILED: {error}")
     finally:
         gateway.stop()
@@ -568,9 +583,68 @@ def describe(result: dict) -> str:
             f"CPU us/msg (incl. delivery so far): {cpu}")
 
 
+def merge_rounds(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """One configuration's measurements over ``--rounds``: per measurement, the median of
+    each figure (rate, latencies, CPU per process), and every round's rate in ``rates``."""
+    merged: dict[str, dict] = {}
+    for name in dict.fromkeys(n for r in rounds for n in r):
+        runs = [r[name] for r in rounds if name in r]
+        good = [run for run in runs if "error" not in run]
+        if not good:
+            merged[name] = runs[0]
+            continue
+        cpu_labels = dict.fromkeys(k for run in good for k in run.get("cpu_us_per_msg", {}))
+        merged[name] = {
+            "rate": statistics.median(run["rate"] for run in good),
+            "p50_ms": statistics.median(run["p50_ms"] for run in good),
+            "p99_ms": statistics.median(run["p99_ms"] for run in good),
+            "statuses": good[0]["statuses"],
+            "cpu_us_per_msg": {k: round(statistics.median(
+                run["cpu_us_per_msg"][k] for run in good if k in run.get("cpu_us_per_msg", {})))
+                for k in cpu_labels},
+            "rates": [run.get("rate") for run in runs],
+            "rounds": runs,
+        }
+    return merged
+
+
+def round_ratio(result: dict, base: dict | None) -> float | None:
+    """``result``'s rate over ``base``'s: with rounds, the median of each round's ratio
+    (a round's two measurements ran minutes apart, so a slow spell of the machine hits
+    both), else the plain ratio."""
+    if not base or not base.get("rate"):
+        return None
+    pairs = list(zip(result.get("rates", []), base.get("rates", []), strict=False))
+    per_round = [r / b for r, b in pairs if r and b]
+    if len(per_round) > 1:
+        return statistics.median(per_round)
+    return result["rate"] / base["rate"]
+
+
+def round_lines(confs: list[Configuration], columns: list[str]) -> str:
+    """With ``--rounds``: every round's rate, and its ratio to (1) in the same round."""
+    base = next((c for c in confs if c.key == "1"), None)
+    lines = []
+    for conf in confs:
+        for column in columns:
+            result = conf.results.get(column)
+            if not result or "rates" not in result:
+                continue
+            rates = " / ".join(f"{r:,.0f}" if r else "error" for r in result["rates"])
+            line = f"({conf.key}) {column}: msg/s by round {rates}"
+            base_rates = base.results.get(column, {}).get("rates") if base else None
+            if base_rates and conf is not base:
+                ratios = " / ".join(f"{r / b:.2f}x" if r and b else "-"
+                                    for r, b in zip(result["rates"], base_rates, strict=False))
+                line += f"; vs (1) by round {ratios}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def table(confs: list[Configuration], columns: list[str]) -> str:
     """The Markdown table of rates, latencies, ratios against (1), (2) and (0), and jasmind's
-    CPU per message (warm-up included, and whatever delivery ran meanwhile)."""
+    CPU per message (warm-up included, and whatever delivery ran meanwhile). With
+    ``--rounds``: medians over the rounds, and ratios as medians of each round's ratio."""
     by_key = {c.key: c for c in confs}
     lines = ["| configuration | measurement | msg/s | p50 ms | p99 ms | vs (1) | vs (2) | vs (0) |"
              " jasmind CPU us/msg |",
@@ -587,10 +661,8 @@ def table(confs: list[Configuration], columns: list[str]) -> str:
             for base in ("1", "2", "0"):
                 ref = by_key.get(base)
                 ref_result = ref.results.get(column) if ref else None
-                if ref_result and "rate" in ref_result and ref_result["rate"]:
-                    ratios.append(f"{result['rate'] / ref_result['rate']:.2f}x")
-                else:
-                    ratios.append("")
+                ratio = round_ratio(result, ref_result)
+                ratios.append(f"{ratio:.2f}x" if ratio is not None else "")
             lines.append(f"| ({conf.key}) {conf.label} | {column} | {result['rate']:,.0f} | "
                          f"{result['p50_ms']:.2f} | {result['p99_ms']:.2f} | "
                          f"{ratios[0]} | {ratios[1]} | {ratios[2]} | "
@@ -643,16 +715,26 @@ def orchestrate(args: argparse.Namespace) -> int:
     all_confs = configurations()
     confs = [all_confs[k] for k in args.configs]
     started = time.monotonic()
+    rounds: dict[str, list[dict[str, dict]]] = {conf.key: [] for conf in confs}
     try:
-        for conf in confs:
-            say(f"({conf.key}) {conf.label}")
-            measure(conf, args, say)
+        for number in range(1, args.rounds + 1):
+            for conf in confs:
+                say(f"({conf.key}) {conf.label}" + (f", round {number}" if args.rounds > 1
+                                                    else ""))
+                rounds[conf.key].append({})
+                measure(conf, args, say, rounds[conf.key][-1])
     except KeyboardInterrupt:
         say("interrupted: gateways stopped")
         return 1
+    for conf in confs:
+        conf.results = (merge_rounds(rounds[conf.key]) if args.rounds > 1
+                        else rounds[conf.key][0])
     columns = [f"smpp w{w}" for w in args.windows] + [f"http c{args.http_clients}"]
     say("")
     say(table(confs, columns))
+    if args.rounds > 1:
+        say("")
+        say(round_lines(confs, columns))
     end_load = os.getloadavg()
     say(f"\n{time.monotonic() - started:.0f}s; load average at end {end_load[0]:.2f}")
     if args.json:
@@ -698,6 +780,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-load", type=float, default=0.0,
                         help="first wait until the 1-minute load average is below this")
     parser.add_argument("--wait-load-max", type=float, default=600.0)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every configuration this many times, interleaved "
+                             "(1 2 3, 1 2 3, ...), and report medians")
     parser.add_argument("--json", default=None, help="also write the results there")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="record jasmind with py-spy during each measurement into DIR")

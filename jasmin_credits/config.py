@@ -127,8 +127,8 @@ class CreditsConfig:
     missing_wallet: str = "pass"
     on_store_error: str = "refuse"
     charge_in_process: bool = True
-    charging_mode: str = "in-process"
-    """``in-process``, ``interceptor-pb`` or ``pre-routing`` (see config/credits.yaml)."""
+    charging_mode: str = "pre-routing"
+    """``pre-routing``, ``in-process`` or ``interceptor-pb`` (see config/credits.yaml)."""
     ensure_interceptor: bool = True
     unrecorded_journal: Path = Path("/var/lib/jasmin-credits/unrecorded.jsonl")
     statuses: dict[Refusal, Status] = field(default_factory=dict)
@@ -355,8 +355,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     w.finish()
 
     c = top.section("charging")
-    charging_mode = c.string("mode", "in-process",
-                             ("in-process", "interceptor-pb", "pre-routing"))
+    charging_mode = c.string("mode", "pre-routing",
+                             ("pre-routing", "in-process", "interceptor-pb"))
     in_process = charging_mode != "interceptor-pb"
     on_store_error = c.string("on_store_error", "refuse", ("refuse", "pass"))
     ensure_interceptor = c.boolean("ensure_interceptor", True)

@@ -1,7 +1,9 @@
 """Credits on a real gateway: our launcher charging in process, settled from Jasmin's events.
 
-Real redis-server, RabbitMQ, jasmind (through jasmin-credits-jasmind), the SMSC simulator,
-smpplib as the SMPP client and Jasmin's HTTP API.
+Every test runs twice: with ``charging.mode: pre-routing`` (the default: charged right after
+Jasmin's interception step) and ``in-process`` (charged inside it). Real redis-server,
+RabbitMQ, jasmind (through jasmin-credits-jasmind), the SMSC simulator, smpplib as the SMPP
+client and Jasmin's HTTP API.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ OVERRIDES = {
 }
 
 
-@pytest.fixture(scope="module")
-def gateway():
-    with running_gateway(OVERRIDES, lambda gw: provision_with_routes(gw, OPERATOR_SCRIPT),
+@pytest.fixture(scope="module", params=["pre-routing", "in-process"])
+def gateway(request):
+    overrides = {**OVERRIDES, "charging": {"mode": request.param}}
+    with running_gateway(overrides, lambda gw: provision_with_routes(gw, OPERATOR_SCRIPT),
                          smsc_args=["--fail", "3398=ESME_RINVDSTADR"]) as gw:
+        gw.charging_mode = request.param
         yield gw
 
 
@@ -111,13 +115,21 @@ def test_smsc_error_gives_the_credits_back(gateway, smpp_client, books):
                for e in events)
 
 
-def test_no_route_gives_the_credits_back_after_the_timeout(gateway, smpp_client, books):
-    """No route after the interceptor: the hold is never queued and released by the sweeper."""
+def test_no_route_gives_the_credits_back(gateway, smpp_client, books):
+    """No route: the hold is never queued. Pre-routing gives it back before answering the
+    client; in-process charging leaves it to the sweeper's unqueued timeout."""
     start = books.top_up("alice", 10_000)
     client = smpp_client()
     assert send(client, "442071000001").status == 0x0B  # ESME_RINVDSTADR: no route
-    assert books.wallet("alice").reserved > 0  # held until the unqueued timeout
-    books.wait_settled("alice", start, timeout=15)
+    if gateway.charging_mode == "pre-routing":
+        wallet = books.wallet("alice")
+        assert (wallet.balance, wallet.reserved) == (start, 0)
+        events = books.run(books.store.events("alice"))[0]
+        assert any(e.type == "released" and e.fields.get("reason") == "never queued"
+                   for e in events)
+    else:
+        assert books.wallet("alice").reserved > 0  # held until the unqueued timeout
+        books.wait_settled("alice", start, timeout=15)
 
 
 def test_rate_quotes_our_price_and_charges_nothing(gateway, books):
