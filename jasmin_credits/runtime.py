@@ -66,6 +66,8 @@ class CreditsRuntime:
         self.store: CreditStore | None = None
         self.charger: Charger | None = None
         self.services: list[Any] = []
+        self.tag_headers: Any = None
+        """jasmind's tag-header wrappers (:meth:`install_client_manager`), if installed."""
         self.metrics = CreditMetrics(config.decimals)
         if redis is not None:
             self._wire(redis)
@@ -194,7 +196,9 @@ class CreditsRuntime:
         return InProcessInterceptor(self.charger, self.config)
 
     def install_client_manager(self, client_manager: Any) -> Any:
-        """With ``settlement.link: queueing``, link each hold as Jasmin queues its message.
+        """With ``settlement.link: queueing``, link each hold as Jasmin queues its message;
+        with ``events``, repeat each message's tag in its ``submit.sm.*`` headers
+        (:mod:`jasmin_credits.tagheaders`, kept as ``tag_headers``).
 
         ``client_manager`` is jasmind's ``SMPPClientManagerPB`` (its ``perspective_submit_sm``
         is wrapped, see :mod:`jasmin_credits.linking`). Answers the linker (stopped with the
@@ -202,6 +206,11 @@ class CreditsRuntime:
         disabled (``settlement.enabled: false``: this process settles nothing).
         """
         s = self.config.settlement
+        if s.link == "events" and self.in_process:
+            # Whichever process settles reads the tag from the message's headers.
+            from .tagheaders import install as install_tag_headers
+
+            self.tag_headers = install_tag_headers(client_manager)
         if s.link != "queueing" or not self.in_process or not s.enabled:
             return None
         if self.store is None:

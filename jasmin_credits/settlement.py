@@ -108,6 +108,33 @@ def read_tag(pdu: Any) -> dict[str, Any] | None:
     tag = getattr(pdu, PDU_ATTRIBUTE, None)
     if tag is None:
         return None
+    return check_tag(tag)
+
+
+TAG_HEADER = PDU_ATTRIBUTE
+"""The header of a ``submit.sm.*`` message that repeats its PDU's tag (our launcher's jasmind
+sets it, :mod:`jasmin_credits.tagheaders`): ``"<uid> <ref> <parts>"``."""
+
+
+def tag_header(tag: dict[str, Any]) -> str:
+    """The :data:`TAG_HEADER` value for a tag of :func:`tag_pdu`."""
+    return f"{tag['uid']} {tag['ref']} {tag['parts']}"
+
+
+def header_tag(properties: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The tag a ``submit.sm.*`` message's :data:`TAG_HEADER` carries, or None without one;
+    ValueError if it is not well formed (checked as the PDU's own, :func:`check_tag`)."""
+    value = _headers(properties).get(TAG_HEADER)
+    if value is None:
+        return None
+    fields = _text(value).split(" ")
+    if len(fields) != 3 or not fields[2].isdigit() or len(fields[2]) > 6:
+        raise ValueError(f"{TAG_HEADER} header is not '<uid> <ref> <parts>': {value!r:.80}")
+    return check_tag({"uid": fields[0], "ref": fields[1], "parts": int(fields[2])})
+
+
+def check_tag(tag: Any) -> dict[str, Any]:
+    """``tag`` as a clean ``{"uid", "ref", "parts"}`` dict; ValueError if it is not one."""
     if not isinstance(tag, dict):
         raise ValueError(f"{PDU_ATTRIBUTE} is not a dict: {tag!r}")
     uid, ref, parts = tag.get("uid"), tag.get("ref"), tag.get("parts")
@@ -257,7 +284,11 @@ async def link_tagged(store: CreditStore, msgid: str, pdu: Any) -> Outcome:
     ``SETTLED`` (a reservation that is gone is logged); ValueError for a malformed tag,
     :class:`StoreUnavailable` when Redis is unavailable. Idempotent on ``msgid``.
     """
-    tag = read_tag(pdu)
+    return await link_tag(store, msgid, read_tag(pdu))
+
+
+async def link_tag(store: CreditStore, msgid: str, tag: dict[str, Any] | None) -> Outcome:
+    """:func:`link_tagged` for a tag already read (:func:`read_tag`, :func:`header_tag`)."""
     if tag is None:
         return Outcome.IGNORED
     settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"], lazy=True)
@@ -297,6 +328,8 @@ class Settlement:
             smsc_map_ttl_ms = int(store.settings.message_link_ttl.total_seconds() * 1000)
         self.smsc_map_ttl_ms = smsc_map_ttl_ms
         self.dlr_park_ttl_ms = dlr_park_ttl_ms
+        self.tags_from_headers = 0
+        """``submit.sm.*`` events linked from their tag header (no body unpickled)."""
 
     # Redis keys of this module (candidates for keys.Keys).
 
@@ -340,7 +373,12 @@ class Settlement:
         return await self._guard("submit.sm", self._submit_sm(body, properties))
 
     async def _submit_sm(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
-        return await link_tagged(self.store, _message_id(properties), load_submit_sm(body))
+        msgid = _message_id(properties)
+        tag = header_tag(properties)  # our launcher's jasmind repeats the tag there
+        if tag is not None:
+            self.tags_from_headers += 1
+            return await link_tag(self.store, msgid, tag)
+        return await link_tagged(self.store, msgid, load_submit_sm(body))
 
     # dlr.submit_sm_resp
 

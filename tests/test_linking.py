@@ -337,9 +337,18 @@ class RuntimeTests(TestCase):
         self.assertIsNone(runtime.install_client_manager(manager))
         self.assertNotIsInstance(manager.perspective_submit_sm, LinkingSubmitSm)
 
-    async def test_events_leaves_jasmin_alone(self):
-        """link: events: perspective_submit_sm stays Jasmin's own."""
-        runtime = await self.runtime(link="events")
-        manager = client_manager()
-        self.assertIsNone(runtime.install_client_manager(manager))
-        self.assertNotIsInstance(manager.perspective_submit_sm, LinkingSubmitSm)
+    async def test_events_only_repeats_the_tag_in_headers(self):
+        """link: events: no linker; perspective_submit_sm only gains the tag header
+        (tests/test_tagheaders.py), also when another process settles."""
+        for enabled in (True, False):
+            runtime = await self.runtime(link="events", enabled=enabled)
+            manager = client_manager()
+            self.assertIsNone(runtime.install_client_manager(manager))
+            self.assertNotIsInstance(manager.perspective_submit_sm, LinkingSubmitSm)
+            self.assertIs(manager.perspective_submit_sm.__self__, runtime.tag_headers)
+
+    async def test_queueing_adds_no_tag_header(self):
+        """link: queueing: settlement reads no submit.sm.* message, so no header."""
+        runtime = await self.runtime()
+        runtime.install_client_manager(client_manager())
+        self.assertIsNone(runtime.tag_headers)
