@@ -35,6 +35,8 @@ from txamqp.message import Message
 from txamqp.protocol import AMQClient
 from txamqp.spec import load as load_spec
 
+from .amqp_frames import BODY, FRAME_END, FRAME_HEAD, HEADER, METHOD, DeliveryDecoder
+
 log = logging.getLogger(__name__)
 
 EXCHANGE = "messaging"
@@ -145,7 +147,9 @@ class ConsumerClient(AMQClient):
     Jasmin event (docs/benchmarks.md). Once :meth:`fast_deliveries` is on, a
     ``basic.deliver`` to a consumer whose queue exists is assembled here as its frames
     arrive (the method, the content header, the body frames: contiguous on their channel,
-    as AMQP requires) and put into that consumer's queue as the same txAMQP ``Message``.
+    as AMQP requires), decoded from the received bytes by
+    :class:`~jasmin_credits.amqp_frames.DeliveryDecoder` rather than txAMQP's codec, and
+    put into that consumer's queue as the same txAMQP ``Message``.
     Every other frame (responses, methods the broker sends, deliveries to consumers we
     have no queue for) takes txAMQP's own path. :meth:`ack` writes a ``basic.ack`` frame
     itself instead of building it through ``channel.basic_ack``.
@@ -156,15 +160,72 @@ class ConsumerClient(AMQClient):
     def fast_deliveries(self) -> None:
         """Take the short path for deliveries from now on."""
         self._fast = True
-        self._deliver = self.spec.classes.byname["basic"].methods.byname["deliver"]
+        self._decoder = DeliveryDecoder(self.spec)
+        self._deliver = self._decoder.deliver
         self._partial: dict[int, _Delivery] = {}
+        self._raw = b""
+
+    def dataReceived(self, data: bytes) -> Any:  # noqa: N802 - Twisted's name
+        """Split frames ourselves and decode a delivery's frames with
+        :class:`~jasmin_credits.amqp_frames.DeliveryDecoder`; hand every other frame, whole
+        and alone, to txAMQP's own receiver (which then never holds a partial frame).
+        Until the short path is on, or while txAMQP still holds bytes it received before
+        (or is paused, or not in frame mode yet), everything goes to txAMQP."""
+        if (not self._fast or self._FrameReceiver__buffer or not self.frame_mode
+                or self.paused):
+            return super().dataReceived(data)
+        buf = self._raw + data if self._raw else data
+        pos, size = 0, len(buf)
+        while size - pos > FRAME_HEAD.size:
+            kind, channel, length = FRAME_HEAD.unpack_from(buf, pos)
+            end = pos + FRAME_HEAD.size + length  # where the frame-end octet must be
+            if end >= size:
+                break
+            if buf[end] == FRAME_END and self._take_raw(kind, channel, buf,
+                                                        pos + FRAME_HEAD.size, end):
+                self._taken()
+            else:
+                why = super().dataReceived(buf[pos:end + 1])
+                if why or self.transport is None or self.transport.disconnecting:
+                    self._raw = buf[end + 1:]
+                    return why
+            pos = end + 1
+        self._raw = buf[pos:]
+        return None
+
+    def _take_raw(self, kind: int, channel: int, buf: bytes, start: int, end: int) -> bool:
+        """:meth:`_take` for a frame still in bytes."""
+        delivery = self._partial.get(channel)
+        if delivery is None:
+            if kind != METHOD:
+                return False
+            method = self._decoder.deliver_method(buf, start, end)
+            if method is None:
+                return False
+            queue = self.queues.get(method.args[0])  # consumer-tag
+            if queue is None:
+                return False  # txAMQP creates the queue; its path delivers this one
+            self._partial[channel] = _Delivery(method, queue)
+            return True
+        if kind == HEADER:
+            delivery.header = self._decoder.header(buf, start, end)
+        elif kind == BODY:
+            delivery.add(buf[start:end])
+        else:  # AMQP forbids this inside a content; the broker will close the channel
+            del self._partial[channel]
+            return False
+        self._maybe_complete(channel, delivery)
+        return True
 
     def frame_received(self, frame: Any) -> None:
         if self._fast and self._take(frame):
-            if self.heartbeatInterval > 0 and not self.closed:
-                self.reschedule_check_heartbeat()  # as txAMQP's process_frame
+            self._taken()
             return
         super().frame_received(frame)
+
+    def _taken(self) -> None:
+        if self.heartbeatInterval > 0 and not self.closed:
+            self.reschedule_check_heartbeat()  # as txAMQP's process_frame
 
     def _take(self, frame: Any) -> bool:
         """Whether ``frame`` belongs to a delivery taken on the short path."""
@@ -185,10 +246,13 @@ class ConsumerClient(AMQClient):
         else:  # AMQP forbids this inside a content; the broker will close the channel
             del self._partial[frame.channel]
             return False
-        if delivery.complete():
-            del self._partial[frame.channel]
-            delivery.queue.put(delivery.message())
+        self._maybe_complete(frame.channel, delivery)
         return True
+
+    def _maybe_complete(self, channel: int, delivery: _Delivery) -> None:
+        if delivery.complete():
+            del self._partial[channel]
+            delivery.queue.put(delivery.message())
 
     def ack(self, channel: Any, delivery_tag: int) -> None:
         """Acknowledge one delivery received on ``channel``."""
@@ -200,6 +264,7 @@ class ConsumerClient(AMQClient):
 
     def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's name
         self._partial = {}
+        self._raw = b""
         super().connectionLost(reason)
 
 

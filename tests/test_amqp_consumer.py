@@ -10,6 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from txamqp.client import Closed, TwistedDelegate
+from txamqp.connection import Header
 from txamqp.content import Content
 
 from jasmin_credits.amqp import AmqpConnection
@@ -24,9 +25,29 @@ BODIES = [
 ]
 
 
+HEADERS = {"kind": "t", "raw": b"\xff\xfe pickled", "big": 2**32 - 1}
+"""Besides ``n``: what Jasmin's headers hold (strings, pickled bytes, numbers), as txAMQP's
+encoder writes them (it writes no nested table, and non-ASCII text with a wrong length)."""
+
+
 def published(i: int, body: bytes) -> Content:
-    return Content(body, properties={"message-id": f"m{i}", "headers": {"n": i, "kind": "t"},
+    return Content(body, properties={"message-id": f"m{i}", "headers": {"n": i, **HEADERS},
                                      "priority": 1})
+
+
+class _CodecSpy:
+    """Counts content headers decoded by txAMQP's own ``Header.decode``."""
+
+    def __init__(self, test: TestCase):
+        self.count = 0
+        original = Header.decode
+
+        def counting(spec, dec):
+            self.count += 1
+            return original(spec, dec)
+
+        Header.decode = staticmethod(counting)
+        test.addCleanup(setattr, Header, "decode", staticmethod(original))
 
 
 class _SlowPathSpy:
@@ -76,6 +97,7 @@ class ConsumerClientTests(TestCase):
         queue = f"jc-test-{uuid.uuid4().hex[:8]}"
         spy = _SlowPathSpy(self)
         consumer, incoming = await self._consumer(queue, "fast")
+        codec = _CodecSpy(self)
         channel = await self._publisher()
         for i, body in enumerate(BODIES):
             await channel.basic_publish(exchange="", routing_key=queue,
@@ -85,11 +107,12 @@ class ConsumerClientTests(TestCase):
             self.assertEqual(message.content.body, body)
             properties = message.content.properties
             self.assertEqual((properties["message-id"], properties["headers"],
-                              properties["priority"]), (f"m{i}", {"n": i, "kind": "t"}, 1))
+                              properties["priority"]), (f"m{i}", {"n": i, **HEADERS}, 1))
             self.assertEqual((message.routing_key, message.exchange, message.consumer_tag,
                               message.redelivered), (queue, "", "fast", False))
             consumer.client.ack(consumer.channel, message.delivery_tag)
         self.assertEqual(spy.count, 0)  # every one took the short path
+        self.assertEqual(codec.count, 0)  # and was decoded from the bytes by amqp_frames
         declared = await consumer.channel.queue_declare(queue=queue, passive=True)
         self.assertEqual(declared.message_count, 0)  # acked: gone from the broker
 
