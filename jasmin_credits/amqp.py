@@ -29,7 +29,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from txamqp.client import Closed, TwistedDelegate
-from txamqp.connection import Body, Header, Method
+from txamqp.connection import Header, Method
 from txamqp.content import Content
 from txamqp.message import Message
 from txamqp.protocol import AMQClient
@@ -121,9 +121,7 @@ class _Delivery:
         self.chunks: list[bytes] = []
         self.received = 0
 
-    def add(self, chunk: bytes | str) -> None:
-        if isinstance(chunk, str):  # as txAMQP's read_content
-            chunk = chunk.encode()
+    def add(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
         self.received += len(chunk)
 
@@ -151,7 +149,8 @@ class ConsumerClient(AMQClient):
     :class:`~jasmin_credits.amqp_frames.DeliveryDecoder` rather than txAMQP's codec, and
     put into that consumer's queue as the same txAMQP ``Message``.
     Every other frame (responses, methods the broker sends, deliveries to consumers we
-    have no queue for) takes txAMQP's own path. :meth:`ack` writes a ``basic.ack`` frame
+    have no queue for, and a delivery that began while txAMQP still held bytes received
+    before the switch) takes txAMQP's own path. :meth:`ack` writes a ``basic.ack`` frame
     itself instead of building it through ``channel.basic_ack``.
     """
 
@@ -161,7 +160,6 @@ class ConsumerClient(AMQClient):
         """Take the short path for deliveries from now on."""
         self._fast = True
         self._decoder = DeliveryDecoder(self.spec)
-        self._deliver = self._decoder.deliver
         self._partial: dict[int, _Delivery] = {}
         self._raw = b""
 
@@ -194,11 +192,12 @@ class ConsumerClient(AMQClient):
         return None
 
     def _take_raw(self, kind: int, channel: int, buf: bytes, start: int, end: int) -> bool:
-        """:meth:`_take` for a frame still in bytes."""
+        """Whether the frame at ``buf[start:end]`` belongs to a delivery taken on the short
+        path (a ``basic.deliver`` to a consumer whose queue exists, and its content)."""
         delivery = self._partial.get(channel)
         if delivery is None:
             if kind != METHOD:
-                return False
+                return False  # a content txAMQP's path began (before the switch): its own
             method = self._decoder.deliver_method(buf, start, end)
             if method is None:
                 return False
@@ -214,45 +213,14 @@ class ConsumerClient(AMQClient):
         else:  # AMQP forbids this inside a content; the broker will close the channel
             del self._partial[channel]
             return False
-        self._maybe_complete(channel, delivery)
+        if delivery.complete():
+            del self._partial[channel]
+            delivery.queue.put(delivery.message())
         return True
-
-    def frame_received(self, frame: Any) -> None:
-        if self._fast and self._take(frame):
-            self._taken()
-            return
-        super().frame_received(frame)
 
     def _taken(self) -> None:
         if self.heartbeatInterval > 0 and not self.closed:
             self.reschedule_check_heartbeat()  # as txAMQP's process_frame
-
-    def _take(self, frame: Any) -> bool:
-        """Whether ``frame`` belongs to a delivery taken on the short path."""
-        payload = frame.payload
-        delivery = self._partial.get(frame.channel)
-        if delivery is None:
-            if type(payload) is not Method or payload.method is not self._deliver:
-                return False
-            queue = self.queues.get(payload.args[0])  # consumer-tag
-            if queue is None:
-                return False  # txAMQP creates the queue; its path delivers this one
-            self._partial[frame.channel] = _Delivery(payload, queue)
-            return True
-        if type(payload) is Header:
-            delivery.header = payload
-        elif type(payload) is Body:
-            delivery.add(payload.content)
-        else:  # AMQP forbids this inside a content; the broker will close the channel
-            del self._partial[frame.channel]
-            return False
-        self._maybe_complete(frame.channel, delivery)
-        return True
-
-    def _maybe_complete(self, channel: int, delivery: _Delivery) -> None:
-        if delivery.complete():
-            del self._partial[channel]
-            delivery.queue.put(delivery.message())
 
     def ack(self, channel: Any, delivery_tag: int) -> None:
         """Acknowledge one delivery received on ``channel``."""

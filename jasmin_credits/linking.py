@@ -48,6 +48,14 @@ from .store import CreditStore
 log = logging.getLogger("jasmin-credits.linking")
 
 
+def submitted_pdu(args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    """The ``SubmitSmPDU`` of a ``perspective_submit_sm(uid, cid, SubmitSmPDU, ...)`` call
+    (Jasmin's SMPP server and HTTP API pass it by keyword), or None."""
+    if "SubmitSmPDU" in kw:
+        return kw["SubmitSmPDU"]
+    return args[2] if len(args) > 2 else None
+
+
 class QueueingLinker(BackgroundRetry):
     """Links held messages to their Jasmin message id, retrying while Redis is unavailable.
 
@@ -98,8 +106,7 @@ class LinkingSubmitSm:
     def __call__(self, *args: Any, **kw: Any) -> Any:
         result = self.submit_sm(*args, **kw)
         try:
-            pdu = kw["SubmitSmPDU"] if "SubmitSmPDU" in kw else (
-                args[2] if len(args) > 2 else None)
+            pdu = submitted_pdu(args, kw)
             if getattr(pdu, PDU_ATTRIBUTE, None) is not None and isinstance(result, Deferred):
                 result.addCallback(self._queued, pdu)
         except Exception:  # noqa: BLE001 - never into Jasmin's path
@@ -125,4 +132,4 @@ def install(client_manager: Any, linker: QueueingLinker) -> LinkingSubmitSm:
     return wrap_method(client_manager, "perspective_submit_sm", LinkingSubmitSm, linker)
 
 
-__all__ = ["LinkingSubmitSm", "QueueingLinker", "install"]
+__all__ = ["LinkingSubmitSm", "QueueingLinker", "install", "submitted_pdu"]

@@ -1,9 +1,10 @@
 """``settlement.process: child``: the gateway starts ``jasmin-credits-settled`` itself.
 
 Settlement inside jasmind costs its single reactor CPU for every event it handles (about
-200 µs per message under ``settlement.link: events``, where it also decodes every pickled PDU
-Jasmin publishes; 400 before the AMQP short path of ``amqp.ConsumerClient``); in a separate
-process it runs on another core
+150-200 µs per message under ``settlement.link: events``, where it reads a copy of every
+message Jasmin queues and every answer; 400 before ``amqp.ConsumerClient``'s short path and
+the tag headers of :mod:`jasmin_credits.tagheaders`); in a separate process it runs on
+another core
 (docs/benchmarks.md). Under ``settlement.link: queueing`` the gateway still links holds as
 Jasmin queues them and settles the SMSC's answers as jasmind publishes them; the child reads
 the same config, so it knows to consume none of Jasmin's events (it sweeps, runs plans and

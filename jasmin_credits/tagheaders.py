@@ -22,11 +22,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .amqp import EXCHANGE
+from .linking import submitted_pdu
 from .settlement import PDU_ATTRIBUTE, TAG_HEADER, tag_header
 
 log = logging.getLogger("jasmin-credits")
 
-_EXCHANGE = "messaging"
 _SUBMIT_SM = "submit.sm."
 
 
@@ -42,8 +43,8 @@ class TagHeaders:
 
     def perspective_submit_sm(self, *args: Any, **kw: Any) -> Any:
         """Jasmin's method, unchanged; a tagged PDU's header is ready while it runs."""
-        pdu = kw["SubmitSmPDU"] if "SubmitSmPDU" in kw else (args[2] if len(args) > 2 else None)
-        tag = getattr(pdu, PDU_ATTRIBUTE, None)  # bytes (pickled=True) have none
+        # (a pickled PDU, from a remote PB caller, is bytes: no tag)
+        tag = getattr(submitted_pdu(args, kw), PDU_ATTRIBUTE, None)
         if tag is None:
             return self.submit_sm(*args, **kw)
         try:
@@ -59,7 +60,7 @@ class TagHeaders:
         """Jasmin's ``publish``, unchanged, but the ``submit.sm.*`` message of a tagged PDU
         carries the header. Other publishes cost one attribute test."""
         header = self._header
-        if header is not None and kw.get("exchange") == _EXCHANGE and str(
+        if header is not None and kw.get("exchange") == EXCHANGE and str(
                 kw.get("routing_key", "")).startswith(_SUBMIT_SM):
             self._header = None  # one message per queued PDU
             try:
