@@ -162,3 +162,26 @@ def test_invalid_and_unpriced_destinations_refused(gateway, smpp_client, books):
     assert send(client, "hello").status == 0x0B
     assert send(client, "0999").status == 0x0B  # national format: no country code matches
     assert books.wallet("alice").reserved == 0
+
+
+def test_queued_messages_carry_their_tag_in_a_header(gateway, smpp_client, books):
+    """Our jasmind repeats the tag in the submit.sm.* message's headers (tagheaders.py), so
+    settlement reads it there (a copy of the message read from the real RabbitMQ)."""
+    import subprocess
+    import sys
+
+    books.top_up("alice", 10_000)
+    peek = subprocess.Popen([sys.executable, "-m", "tests.e2e.amqp_peek",
+                             str(gateway.amqp_port), "submit.sm.*"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert peek.stdout.readline().strip() == "ready", peek.stderr.read()
+        assert send(smpp_client(), "447911000123").status == 0
+        out, err = peek.communicate(timeout=60)
+    finally:
+        peek.kill()
+    properties = json.loads(out.splitlines()[-1])
+    uid, ref, parts = properties["headers"]["jasmin_credits"].split(" ")
+    assert (uid, parts) == ("alice", "1")
+    held = books.run(books.store.reservation("alice", ref))
+    assert held, f"no reservation {ref}: {err}"
