@@ -351,6 +351,12 @@ def configurations() -> dict[str, Configuration]:
                            {"credits_config": config,
                             "credits_overrides": {"charging": {"mode": "pre-routing"}}},
                            False, True, True),
+        "L": Configuration("L", "as (5), with credit leases (charging.lease.messages: 100: "
+                                "single messages held from jasmind's memory)",
+                           {"credits_config": config,
+                            "credits_overrides": {"charging": {"mode": "pre-routing",
+                                                               "lease": {"messages": 100}}}},
+                           False, True, True),
         "6": Configuration("6", "as (5), settlement off in jasmind (ceiling if settled elsewhere)",
                            {"credits_config": config,
                             "credits_overrides": {"charging": {"mode": "pre-routing"},
@@ -556,14 +562,17 @@ def measure(conf: Configuration, args: argparse.Namespace, say: Callable[[str], 
                                                        count + args.warmup)
             results[name] = result
             sent += accepted(result) + (args.warmup if "error" not in result else 0)
-            if books is not None and "error" not in result:
-                after = books.wallet("alice")
-                held = (before.balance - before.reserved) - (after.balance - after.reserved)
-                result["held_messages"] = held // 500  # world.yaml: 447 costs 500 units
-            say(f"  [{conf.key}] {name}: {describe(result)}")
             if not drain(gateway, sent, args.drain_timeout):
                 say(f"  [{conf.key}] warning: SMSC got {smsc_count(gateway)} of {sent} "
                     f"after {args.drain_timeout}s")
+            if books is not None and "error" not in result:
+                # once delivered (settlement has read the messages): what was held for them,
+                # not what credit leases hold unused
+                after = books.wallet("alice")
+                held = ((before.balance - before.reserved + before.leased)
+                        - (after.balance - after.reserved + after.leased))
+                result["held_messages"] = held // 500  # world.yaml: 447 costs 500 units
+            say(f"  [{conf.key}] {name}: {describe(result)}")
     except Exception as error:
         results["error"] = {"error": f"{type(error).__name__}: {error}"}
         say(f"  [{conf.key}] FAILED: {error}")

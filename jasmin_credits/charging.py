@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidDestination, NotPriced, Refusal, StoreUnavailable
+from .leasing import Lease, LeaseBook
 from .metrics import NO_METRICS
 from .parts import Parts, count_http_chain, count_pdu
 from .pricing import Pricer, Quote
-from .settlement import tag_pdu
-from .store import Concat, CreditStore
+from .settlement import lease_field, tag_pdu
+from .store import Concat, CreditStore, new_ref
 
 log = logging.getLogger("jasmin-credits")
 
@@ -42,6 +43,9 @@ class Decision:
     charged: bool = False
     """False when the message passes without a charge (no wallet, or fail-open)."""
     detail: str = ""
+    lease: Lease | None = None
+    """The gateway's credit lease the message was held against (no reservation in Redis
+    yet: settlement writes it from the tag)."""
 
     @property
     def accepted(self) -> bool:
@@ -92,8 +96,12 @@ class Charger:
         on_store_error: str = "refuse",
         on_unrecorded: Callable[[str, Quote, str], None] | None = None,
         metrics: Any = NO_METRICS,
+        leases: LeaseBook | None = None,
     ):
         self.metrics = metrics
+        self.leases = leases
+        """Credit leases (``charging.lease``): set by the launcher once jasmind's AMQP
+        channel can carry their end markers."""
         self.store = store
         self.pricer = pricer
         self.missing_wallet = missing_wallet
@@ -128,6 +136,10 @@ class Charger:
             return Decision(Refusal.INVALID_DESTINATION, detail=str(error))
         except NotPriced as error:
             return Decision(Refusal.NOT_PRICED, detail=str(error))
+        if concat is None and self.leases is not None:
+            decision = self._hold_leased(pdu, uid, quote)
+            if decision is not None:
+                return decision
         hold = await self.store.reserve(
             uid, quote.unit_price, quote.parts, concat=concat,
             country=quote.country or "", destination=quote.destination,
@@ -141,7 +153,29 @@ class Charger:
         if hold.refusal is not None:
             return Decision(hold.refusal, quote=quote, detail=hold.refusal.label)
         tag_pdu(pdu, uid, hold.ref, quote.parts if concat is None else 1)
+        if concat is None and self.leases is not None:
+            self.leases.ask(uid, quote.unit_price * quote.parts)  # for the next ones
         return Decision(ref=hold.ref, quote=quote, charged=True)
+
+    def _hold_leased(self, pdu: Any, uid: str, quote: Quote) -> Decision | None:
+        """Hold a single message against ``uid``'s lease, or None (no lease can)."""
+        now = self.store.now_ms()
+        amount = quote.unit_price * quote.parts
+        lease = self.leases.hold(uid, amount, self.store.period_ids(now))  # type: ignore[union-attr]
+        if lease is None:
+            return None
+        ref = new_ref(now)
+        where = f"{quote.country or ''}|{quote.destination}|{quote.prefix}|{quote.card}"
+        tag_pdu(pdu, uid, ref, quote.parts, lease_field(lease.id, quote.unit_price, 1, where))
+        return Decision(ref=ref, quote=quote, charged=True, lease=lease)
+
+    def give_back(self, decision: Decision) -> bool:
+        """Jasmin did not queue a message held against a lease: the lease holds it no more.
+        False for a message held in Redis (release that one there)."""
+        if decision.lease is None or self.leases is None or decision.quote is None:
+            return False
+        self.leases.give_back(decision.lease, decision.quote.unit_price * decision.quote.parts)
+        return True
 
     def _store_failed(self, routable: Any, why: str) -> Decision:
         if self.on_store_error == "pass":

@@ -97,6 +97,15 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class LeaseConfig:
+    """Credit leases (see jasmin_credits.leasing); ``messages`` 0: off."""
+
+    messages: int = 0
+    seconds: float = 30.0
+    idle: float = 10.0
+
+
+@dataclass(frozen=True)
 class PlansConfig:
     """The plan scheduler (see jasmin_credits.plans)."""
 
@@ -130,6 +139,7 @@ class CreditsConfig:
     charging_mode: str = "pre-routing"
     """``pre-routing``, ``in-process`` or ``interceptor-pb`` (see config/credits.yaml)."""
     ensure_interceptor: bool = True
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
     unrecorded_journal: Path = Path("/var/lib/jasmin-credits/unrecorded.jsonl")
     statuses: dict[Refusal, Status] = field(default_factory=dict)
     cards: CardsConfig = field(default_factory=CardsConfig)
@@ -284,6 +294,16 @@ def _events(e: _Section) -> EventsConfig:
     return events
 
 
+def _lease(section: _Section) -> LeaseConfig:
+    lease = LeaseConfig(
+        messages=section.integer("messages", 0, 0, 100_000),
+        seconds=section.seconds("seconds", 30.0),
+        idle=section.seconds("idle_seconds", 10.0),
+    )
+    section.finish()
+    return lease
+
+
 def _plans(p: _Section) -> PlansConfig:
     catch_up = p.raw("catch_up")
     plans = PlansConfig(
@@ -362,6 +382,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     ensure_interceptor = c.boolean("ensure_interceptor", True)
     journal = base_dir / c.string("unrecorded_journal", "/var/lib/jasmin-credits/unrecorded.jsonl")
     statuses = _statuses(c.section("statuses"))
+    lease = _lease(c.section("lease"))
     c.finish()
 
     k = top.section("cards")
@@ -406,6 +427,10 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     if settlement.unanswered_timeout >= store.reservation_ttl.total_seconds():
         raise s.error("unanswered_timeout", "must be shorter than retention.reservation_days "
                       "(a reservation must outlive its settlement)")
+    if lease.messages and (settlement.link != "events" or charging_mode == "interceptor-pb"):
+        raise c.error("lease", "credit leases need settlement.link: events and charging.mode "
+                      "pre-routing or in-process (settlement writes each leased hold from "
+                      "the submit.sm event our launcher tags)")
     if settlement.link == "queueing" and charging_mode == "interceptor-pb":
         raise s.error("link", "queueing needs charging.mode in-process or pre-routing (our "
                       "launcher links as Jasmin queues); with interceptor-pb use events")
@@ -419,7 +444,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         currency=currency, store=store, missing_wallet=missing_wallet,
         on_store_error=on_store_error, charge_in_process=in_process,
         charging_mode=charging_mode,
-        ensure_interceptor=ensure_interceptor, unrecorded_journal=journal, statuses=statuses,
+        ensure_interceptor=ensure_interceptor, lease=lease, unrecorded_journal=journal,
+        statuses=statuses,
         cards=cards, settlement=settlement, events=events, plans=plans,
     )
 

@@ -135,6 +135,7 @@ def wallet_json(wallet: Wallet, runtime: Any) -> dict[str, Any]:
 
     data: dict[str, Any] = {"uid": wallet.uid, "decimals": decimals}
     for name, units in (("balance", wallet.balance), ("reserved", wallet.reserved),
+                        ("leased", wallet.leased),
                         ("available", wallet.available), ("overdraft", wallet.overdraft),
                         ("low_balance", wallet.low_balance)):
         data.update(amount(name, units))

@@ -67,6 +67,8 @@ class Keys:
         """Pub/sub channel telling every gateway to re-read rate cards."""
         self.outbox = f"{prefix}:outbox"
         """Stream of every user's events, read by the event publisher (AMQP, webhooks)."""
+        self.leases = f"{prefix}:leases"
+        """Sorted set of open credit leases, ``"<uid> <lease id>"`` by deadline (ms)."""
         self._users: dict[str, UserKeys] = {}
 
     def lua_constants(self) -> dict[str, str]:
@@ -133,6 +135,10 @@ class Keys:
     def plan(self, uid: str) -> str:
         """Hash: the wallet's automatic top-up plan."""
         return f"{self.user(uid)}:plan"
+
+    def lease(self, uid: str, lease_id: str) -> str:
+        """One credit lease of a gateway (jasmin_credits.leasing)."""
+        return f"{self.user(uid)}:lease:{lease_id}"
 
     def message(self, msgid: str) -> str:
         """Link from a Jasmin message id to ``uid ref parts`` (written at queueing)."""

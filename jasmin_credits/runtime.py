@@ -211,6 +211,8 @@ class CreditsRuntime:
             from .tagheaders import install as install_tag_headers
 
             self.tag_headers = install_tag_headers(client_manager)
+            if self.config.lease.messages:
+                self._start_leases(client_manager.amqpBroker)
         if s.link != "queueing" or not self.in_process or not s.enabled:
             return None
         if self.store is None:
@@ -223,6 +225,24 @@ class CreditsRuntime:
         install(client_manager, linker)
         self.services.append(linker)
         return linker
+
+    def _start_leases(self, amqp_broker: Any) -> None:
+        """Credit leases (``charging.lease``), their end markers published by jasmind's
+        AMQP factory ``amqp_broker``, on the channel its ``submit.sm.*`` messages take."""
+        if self.store is None or self.charger is None:
+            raise RuntimeError("start() the runtime before installing credit leases")
+        from .leasing import LeaseBook
+        from .settlement import lease_end_marker
+
+        lease = self.config.lease
+        book = LeaseBook(
+            self.store, self.reactor,
+            lambda uid, lease_id: amqp_broker.publish(**lease_end_marker(uid, lease_id)),
+            messages=lease.messages, seconds=lease.seconds, idle=lease.idle,
+            grace=self.config.settlement.unqueued_timeout)
+        book.start()
+        self.charger.leases = book
+        self.services.append(book)
 
     def install_amqp_broker(self, amqp_factory: Any) -> Any:
         """With ``settlement.link: queueing``, settle the SMSC's answers as jasmind publishes

@@ -27,7 +27,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-NAMES = ("reserve", "settle", "outcome", "topup", "configure", "remove", "plan_set", "plan_run")
+NAMES = ("reserve", "settle", "outcome", "topup", "configure", "remove", "plan_set", "plan_run",
+         "lease_take", "lease_hold", "lease_end")
 CALLS = {"outcome": ("settle",)}
 """Operations that run others (``ops[name](keys, args)``) inside the same script call."""
 

@@ -53,6 +53,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from txamqp.client import ChannelClosed
 from txamqp.client import Closed as ClientClosed
+from txamqp.content import Content
 from txamqp.queue import Closed as QueueClosed
 
 from .amqp import EXCHANGE, QUEUE_PREFIX, AmqpConnection, AmqpSettings, declare_bound_queue
@@ -98,9 +99,42 @@ def events_consumed(link: str, dlr_refund: Iterable[str]) -> frozenset[str]:
 
 # -- the tag on the PDU -----------------------------------------------------------------------
 
-def tag_pdu(pdu: Any, uid: str, ref: str, parts: int) -> None:
-    """Mark ``pdu`` as carrying ``parts`` parts of reservation ``ref`` of ``uid``."""
-    setattr(pdu, PDU_ATTRIBUTE, {"uid": uid, "ref": ref, "parts": int(parts)})
+def tag_pdu(pdu: Any, uid: str, ref: str, parts: int, lease: str | None = None) -> None:
+    """Mark ``pdu`` as carrying ``parts`` parts of reservation ``ref`` of ``uid``; ``lease``
+    (:func:`lease_field`) when the gateway held it against a credit lease, so that
+    settlement writes the reservation itself."""
+    tag = {"uid": uid, "ref": ref, "parts": int(parts)}
+    if lease is not None:
+        tag["lease"] = lease
+    setattr(pdu, PDU_ATTRIBUTE, tag)
+
+
+def lease_field(lease_id: str, unit_price: int, messages: int, quote: str) -> str:
+    """A tag's ``lease`` value: ``"<lease id> <unit price> <messages> <quote>"``."""
+    return f"{lease_id} {int(unit_price)} {int(messages)} {quote}"
+
+
+@dataclass(frozen=True)
+class LeasedHold:
+    """What a tag's ``lease`` value says: the hold settlement writes (store.hold_leased)."""
+
+    lease_id: str
+    unit_price: int
+    messages: int
+    quote: str
+
+
+def parse_lease(value: Any) -> LeasedHold:
+    """The :class:`LeasedHold` of a tag's ``lease`` value; ValueError if malformed."""
+    if not isinstance(value, str):
+        raise ValueError(f"lease is not a string: {value!r:.80}")
+    fields = value.split(" ", 3)
+    if (len(fields) != 4 or not fields[1].isdigit() or len(fields[1]) > 15
+            or not fields[2].isdigit() or len(fields[2]) > 6 or int(fields[2]) < 1
+            or len(fields[3]) > 300 or not fields[3].isprintable()):
+        raise ValueError(f"lease is not '<id> <unit> <messages> <quote>': {value!r:.80}")
+    created_ms(fields[0])
+    return LeasedHold(fields[0], int(fields[1]), int(fields[2]), fields[3])
 
 
 def read_tag(pdu: Any) -> dict[str, Any] | None:
@@ -117,8 +151,29 @@ sets it, :mod:`jasmin_credits.tagheaders`): ``"<uid> <ref> <parts>"``."""
 
 
 def tag_header(tag: dict[str, Any]) -> str:
-    """The :data:`TAG_HEADER` value for a tag of :func:`tag_pdu`."""
-    return f"{tag['uid']} {tag['ref']} {tag['parts']}"
+    """The :data:`TAG_HEADER` value for a tag of :func:`tag_pdu` (its lease last)."""
+    lease = tag.get("lease")
+    if lease is None:
+        return f"{tag['uid']} {tag['ref']} {tag['parts']}"
+    return f"{tag['uid']} {tag['ref']} {tag['parts']} {lease}"
+
+
+LEASE_END_HEADER = "jasmin_credits_lease_end"
+"""The header of a gateway's lease end marker: ``"<uid> <lease id>"``."""
+
+LEASE_END_KEY = "submit.sm.jasmin_credits_lease_end"
+"""The marker's routing key: a ``submit.sm.*`` key (so it reaches settlement's queue behind
+the lease's messages) that names no Jasmin connector (do not name one so)."""
+
+
+def lease_end_marker(uid: str, lease_id: str) -> dict[str, Any]:
+    """The arguments of Jasmin's ``AmqpFactory.publish`` for a lease's end marker."""
+    content = Content(b"", properties={
+        "message-id": f"lease-end-{lease_id}",
+        "delivery-mode": 2,
+        "headers": {LEASE_END_HEADER: f"{uid} {lease_id}"},
+    })
+    return {"exchange": EXCHANGE, "routing_key": LEASE_END_KEY, "content": content}
 
 
 def header_tag(properties: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -127,10 +182,13 @@ def header_tag(properties: Mapping[str, Any]) -> dict[str, Any] | None:
     value = _headers(properties).get(TAG_HEADER)
     if value is None:
         return None
-    fields = _text(value).split(" ")
-    if len(fields) != 3 or not fields[2].isdigit() or len(fields[2]) > 6:
+    fields = _text(value).split(" ", 3)
+    if len(fields) < 3 or not fields[2].isdigit() or len(fields[2]) > 6:
         raise ValueError(f"{TAG_HEADER} header is not '<uid> <ref> <parts>': {value!r:.80}")
-    return check_tag({"uid": fields[0], "ref": fields[1], "parts": int(fields[2])})
+    tag = {"uid": fields[0], "ref": fields[1], "parts": int(fields[2])}
+    if len(fields) == 4:
+        tag["lease"] = fields[3]
+    return check_tag(tag)
 
 
 def check_tag(tag: Any) -> dict[str, Any]:
@@ -144,7 +202,10 @@ def check_tag(tag: Any) -> dict[str, Any]:
     created_ms(ref)
     if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
         raise ValueError(f"bad part count {parts!r}")
-    return {"uid": uid, "ref": ref, "parts": parts}
+    if tag.get("lease") is None:
+        return {"uid": uid, "ref": ref, "parts": parts}
+    parse_lease(tag["lease"])
+    return {"uid": uid, "ref": ref, "parts": parts, "lease": tag["lease"]}
 
 
 # -- reading Jasmin's pickled SubmitSM ----------------------------------------------------------
@@ -291,7 +352,20 @@ async def link_tag(store: CreditStore, msgid: str, tag: dict[str, Any] | None) -
     """:func:`link_tagged` for a tag already read (:func:`read_tag`, :func:`header_tag`)."""
     if tag is None:
         return Outcome.IGNORED
-    settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"], lazy=True)
+    if "lease" in tag:
+        # Held against a gateway's lease: write the reservation, then link it. Both are
+        # queued in this order before anything is awaited, so they reach Redis ahead of
+        # the lease's end marker, which follows this message in the queue.
+        lease = parse_lease(tag["lease"])
+        held = store.hold_leased(tag["uid"], tag["ref"], lease.lease_id, lease.unit_price,
+                                 tag["parts"], lease.messages, lease.quote, lazy=True)
+        try:
+            settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"],
+                                       lazy=True)
+        finally:
+            await held
+    else:
+        settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"], lazy=True)
     if not settled.found:
         log.warning("submit.sm %s: reservation %s of %s is gone (expired or wallet "
                     "removed): not linked", msgid, tag["ref"], tag["uid"])
@@ -373,12 +447,23 @@ class Settlement:
         return await self._guard("submit.sm", self._submit_sm(body, properties))
 
     async def _submit_sm(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
+        ended = _headers(properties).get(LEASE_END_HEADER)
+        if ended is not None:
+            return await self._lease_end(_text(ended))
         msgid = _message_id(properties)
         tag = header_tag(properties)  # our launcher's jasmind repeats the tag there
         if tag is not None:
             self.tags_from_headers += 1
             return await link_tag(self.store, msgid, tag)
         return await link_tagged(self.store, msgid, load_submit_sm(body))
+
+    async def _lease_end(self, value: str) -> Outcome:
+        """A gateway's lease end marker: every message of the lease was read before it."""
+        uid, _, lease_id = value.partition(" ")
+        check_uid(uid)
+        created_ms(lease_id)
+        await self.store.end_lease(uid, lease_id, lazy=True)
+        return Outcome.SETTLED
 
     # dlr.submit_sm_resp
 

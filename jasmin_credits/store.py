@@ -96,6 +96,20 @@ class Hold:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """The answer to :meth:`CreditStore.take_lease`: what the lease holds (0, 0: none)."""
+
+    lease_id: str
+    credits: int
+    messages: int
+    no_wallet: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.messages > 0
+
+
+@dataclass(frozen=True)
 class Settled:
     """The answer to a settlement operation."""
 
@@ -129,6 +143,8 @@ class Wallet:
     low_balance: int | None
     usage: tuple[Usage, Usage, Usage]
     created_ms: int
+    leased: int = 0
+    """The part of ``reserved`` that gateways' credit leases hold and have not used yet."""
 
     @property
     def available(self) -> int:
@@ -173,6 +189,7 @@ def _script_constants(settings: StoreSettings, keys: Keys) -> dict[str, int | st
         **keys.lua_constants(),
         "OPEN_USERS": keys.open_users,
         "OUTBOX": keys.outbox,
+        "LEASES": keys.leases,
         "RESERVATION_TTL": _ms(settings.reservation_ttl),
         "CONCAT_TTL": _ms(settings.concat_ttl),
         "EVENTS_RETENTION": _ms(settings.events_retention),
@@ -237,7 +254,7 @@ class CreditStore:
     def _periods(self, at_ms: int) -> tuple[Period, ...]:
         return self._period_entry(at_ms)[2]
 
-    def _period_ids(self, at_ms: int) -> list[str]:
+    def period_ids(self, at_ms: int) -> list[str]:
         """Day, week and month ids at ``at_ms`` (the usage periods a reservation counts in)."""
         return self._period_entry(at_ms)[3]
 
@@ -305,7 +322,7 @@ class CreditStore:
                 parts,
                 messages,
                 now,
-                *self._period_ids(created_ms(ref)),
+                *self.period_ids(created_ms(ref)),
                 "c" if concat else "",
                 concat.seq if concat else 0,
                 quote,
@@ -358,10 +375,61 @@ class CreditStore:
             self.keys.message(msgid or "-"),
         ]
         args = [uid, ref, action, msgid, parts, reason, actor, self.now_ms(),
-                *self._period_ids(created_ms(ref))]
+                *self.period_ids(created_ms(ref))]
         status, changed, balance, reserved, open_parts = await self._run("settle", keys, args,
                                                                         lazy)
         return Settled(status == OK, changed, balance, reserved, open_parts)
+
+    # -- credit leases (jasmin_credits.leasing) ------------------------------------------
+
+    async def take_lease(self, uid: str, lease_id: str, credits: int, messages: int, *,
+                         least: int, deadline_ms: int) -> Grant:
+        """Carve up to ``credits`` and ``messages`` (room under the message limits) out of
+        the wallet of ``uid`` as lease ``lease_id`` (idempotent on it), or nothing when
+        less than ``least`` credits or no message fits. The sweeper ends it at
+        ``deadline_ms`` if nobody did before."""
+        check_uid(uid)
+        now = self.now_ms()
+        status, got, msgs = await self._run(
+            "lease_take", [self.keys.wallet(uid), self.keys.lease(uid, lease_id)],
+            [uid, lease_id, int(credits), int(messages), int(least), now,
+             *self.period_ids(now), int(deadline_ms)])
+        if status != OK:
+            return Grant(lease_id, 0, 0, no_wallet=status == NO_WALLET)
+        return Grant(lease_id, got, msgs)
+
+    def hold_leased(self, uid: str, ref: str, lease_id: str, unit_price: int, parts: int,
+                    messages: int, quote: str, *,
+                    lazy: bool = False) -> Coroutine[Any, Any, Any]:
+        """Write the reservation ``ref`` a gateway held against lease ``lease_id`` (from the
+        lease, or from the wallet if the lease ended first). Idempotent on ``ref``."""
+        user = self.keys.of(uid)
+        return self._run(
+            "lease_hold",
+            [user.wallet, user.reservation(ref), self.keys.lease(uid, lease_id), user.open,
+             user.events],
+            [uid, ref, unit_price, parts, messages, self.now_ms(),
+             *self.period_ids(created_ms(ref)), quote], lazy)
+
+    async def end_lease(self, uid: str, lease_id: str, *, lazy: bool = False) -> int | None:
+        """Give back what lease ``lease_id`` did not hold; answers that amount, or None if
+        the lease was ended already (or its wallet removed)."""
+        check_uid(uid)
+        status, left = await self._run(
+            "lease_end",
+            [self.keys.wallet(uid), self.keys.lease(uid, lease_id), self.keys.events(uid)],
+            [uid, lease_id, self.now_ms()], lazy)
+        return left if status == OK else None
+
+    async def expired_leases(self, before_ms: int, limit: int = 500) -> list[tuple[str, str]]:
+        """``(uid, lease id)`` of leases whose deadline is before ``before_ms``."""
+        members = await self._command("ZRANGEBYSCORE", self.keys.leases, "-inf",
+                                      f"({int(before_ms)}", "LIMIT", 0, int(limit))
+        found = []
+        for member in members:
+            uid, _, lease_id = str(member).partition(" ")
+            found.append((uid, lease_id))
+        return found
 
     def link(self, uid: str, ref: str, msgid: str, parts: int, *,
              lazy: bool = False) -> Coroutine[Any, Any, Settled]:
@@ -721,6 +789,7 @@ def _wallet(uid: str, raw: Any, periods: tuple[Period, ...]) -> Wallet:
         low_balance=_opt_int(w.get("low_balance")),
         usage=usage,  # type: ignore[arg-type]
         created_ms=int(w.get("created", 0)),
+        leased=int(w.get("leased", 0)),
     )
 
 

@@ -16,6 +16,9 @@ Every ``interval`` seconds, for each user with open reservations:
 ``submit.sm`` event under ``settlement.link: events``); a link that comes later still charges
 (the store holds the credits again), but the credits were available in between.
 
+Credit leases (:mod:`jasmin_credits.leasing`) past their deadline are ended too
+(``store.end_lease``): their gateway died before publishing the end marker.
+
 Runs never overlap (``LoopingCall`` waits for a run to finish); an error is logged and the
 next run retries. Several sweepers on one Redis are safe: the store's operations are
 idempotent, so a reservation is settled once whoever gets there first.
@@ -43,6 +46,7 @@ class SweepStats:
     users: int = 0
     released: int = 0
     expired: int = 0
+    leases: int = 0
     errors: int = 0
 
 
@@ -107,6 +111,14 @@ class Sweeper:
         now_ms = int(self.clock.seconds() * 1000)
         unqueued_before = now_ms - int(self.unqueued_timeout * 1000)
         unanswered_before = now_ms - int(self.unanswered_timeout * 1000)
+        for uid, lease_id in await self.store.expired_leases(now_ms):
+            try:
+                if await self.store.end_lease(uid, lease_id) is not None:
+                    stats.leases += 1
+            except Exception as error:
+                stats.errors += 1
+                log.warning("ending lease %s of %s failed (%s); the next run retries",
+                            lease_id, uid, error)
         for uid in await self.store.users_with_open_reservations():
             stats.users += 1
             try:
@@ -116,9 +128,10 @@ class Sweeper:
                 log.warning("sweeping %s failed (%s); the next run retries", uid, error)
         self.runs += 1
         self.last = stats
-        if stats.released or stats.expired or stats.errors:
-            log.info("sweep: %d released, %d expired, %d errors over %d users",
-                     stats.released, stats.expired, stats.errors, stats.users)
+        if stats.released or stats.expired or stats.leases or stats.errors:
+            log.info("sweep: %d released, %d expired, %d leases ended, %d errors over %d "
+                     "users", stats.released, stats.expired, stats.leases, stats.errors,
+                     stats.users)
         return stats
 
     async def _sweep_user(self, uid: str, unqueued_before: int, unanswered_before: int,

@@ -157,3 +157,37 @@ class InProcessInterceptorTests(TestCase):
         answer = await client.run_script("pass", routable(smpp_message()))
         self.assertIsNone(read_tag(pickle.loads(answer).pdu))
         self.assertEqual((await self.store.wallet("alice")).reserved, 0)
+
+
+class LeasedChargingTests(TestCase):
+    """Charging with a credit lease book (``charging.lease``): real Redis, fake clock."""
+
+    async def test_single_messages_hold_against_the_lease_concatenated_parts_do_not(self):
+        from jasmin_credits.leasing import LeaseBook
+        from jasmin_credits.settlement import parse_lease
+
+        store = await make_store(self)
+        await store.top_up("alice", 100_000, op_id="f", actor="t")
+        ends: list = []
+        book = LeaseBook(store, store.clock, lambda uid, lid: ends.append(lid), messages=10)
+        pricer = test_pricer(None)
+        charger = Charger(store, lambda: pricer, leases=book)
+        first = await charger.charge(routable(http_message("a" * 400)))
+        self.assertIsNone(first.lease)  # no lease yet: held in Redis, one asked for
+        await book.requests()
+        r = routable(http_message("a" * 400))
+        second = await charger.charge(r)
+        self.assertIsNotNone(second.lease)
+        tag = read_tag(r.pdu)
+        lease = parse_lease(tag["lease"])
+        self.assertEqual((tag["parts"], lease.lease_id, lease.unit_price, lease.messages),
+                         (3, second.lease.id, 1200, 1))
+        self.assertEqual(lease.quote.split("|")[0], "GB")
+        self.assertEqual(await store.reservation("alice", second.ref), {})  # settled writes it
+        wallet = await store.wallet("alice")
+        self.assertEqual((wallet.reserved, wallet.leased), (3600 + 10 * 3600, 10 * 3600))
+        part = await charger.charge(routable(smpp_part(1, 3)))
+        self.assertIsNone(part.lease)
+        self.assertTrue(charger.give_back(second))
+        self.assertEqual(second.lease.left, 10 * 3600)
+        self.assertFalse(charger.give_back(first))

@@ -58,6 +58,13 @@ def test_defaults_never_use_esme_rsyserr():
          "f.yaml: settlement.link: must be one of queueing, events, got 'consumer'"),
         ({"charging": {"mode": "interceptor-pb"}, "settlement": {"link": "queueing"}},
          "f.yaml: settlement.link: queueing needs charging.mode in-process or pre-routing"),
+        ({"charging": {"lease": {"messages": -1}}},
+         "f.yaml: charging.lease.messages: must be a whole number from 0 to 100000"),
+        ({"charging": {"lease": {"mesages": 10}}}, "f.yaml: charging.lease.mesages: unknown key"),
+        ({"charging": {"lease": {"messages": 10}}, "settlement": {"link": "queueing"}},
+         "f.yaml: charging.lease: credit leases need settlement.link: events"),
+        ({"charging": {"mode": "interceptor-pb", "lease": {"messages": 10}}},
+         "f.yaml: charging.lease: credit leases need settlement.link: events"),
     ],
 )
 def test_bad_values_name_file_key_and_problem(data, message, tmp_path):
@@ -84,6 +91,14 @@ def test_settlement_link_defaults_by_charging_mode(mode, link, expected):
     settlement = {} if link is None else {"link": link}
     config = parse_config({"charging": {"mode": mode}, "settlement": settlement}, "f.yaml")
     assert config.settlement.link == expected
+
+
+def test_credit_leases_are_off_unless_asked_for():
+    """No lease by default; ``charging.lease`` sets their size and times."""
+    assert parse_config({}, "f.yaml").lease.messages == 0
+    lease = parse_config({"charging": {"lease": {"messages": 50, "seconds": 20,
+                                                 "idle_seconds": 4}}}, "f.yaml").lease
+    assert (lease.messages, lease.seconds, lease.idle) == (50, 20.0, 4.0)
 
 
 def test_example_config_links_from_events():

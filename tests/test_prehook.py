@@ -41,6 +41,9 @@ class FakeCharger:
         self.charged.append(item)
         return self.decision
 
+    def give_back(self, decision):
+        return False  # held in Redis, as Charger answers without a lease
+
 
 class FakeFactory:
     """Jasmin's SMPP server factory: records post-interception calls."""

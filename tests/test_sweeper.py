@@ -133,6 +133,9 @@ class GatedStore:
             await self.gate
         return []
 
+    async def expired_leases(self, before_ms):
+        return []
+
 
 class SchedulingTests(SynchronousTestCase):
     def test_runs_every_interval(self):

@@ -71,7 +71,8 @@ class PreRoutingSmpp:
         response = self.post_interception(routable=routable, **kw)
         status = getattr(response, "status", None)
         if decision.ref is not None and status is not CommandStatus.ESME_ROK:
-            await self._release(routable, decision.ref, status)
+            if not self.charger.give_back(decision):
+                await self._release(routable, decision.ref, status)
         return response
 
     async def _release(self, routable: Any, ref: str, status: Any) -> None:

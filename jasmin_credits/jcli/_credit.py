@@ -146,7 +146,9 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
             lines.append(f"gid {gid}")
         lines += [
             f"balance {self.amount(wallet.balance)}",
-            f"reserved {self.amount(wallet.reserved)}",
+            f"reserved {self.amount(wallet.reserved)}"
+            + (f" (of which {self.amount(wallet.leased)} in gateways' credit leases, not yet "
+               "used)" if wallet.leased else ""),
             f"available {self.amount(wallet.available)}",
             f"overdraft {self.amount(wallet.overdraft)}",
         ]

@@ -49,7 +49,8 @@ local unit, parts, msgs = int(ARGV[3]), int(ARGV[4]), int(ARGV[5])
 local amount = unit * parts
 local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'overdraft',
   'lim:credits:day', 'lim:credits:week', 'lim:credits:month',
-  'lim:msgs:day', 'lim:msgs:week', 'lim:msgs:month', 'low_balance', 'low_armed', 'use')
+  'lim:msgs:day', 'lim:msgs:week', 'lim:msgs:month', 'low_balance', 'low_armed', 'use',
+  'leased', 'leased_msgs')
 if not w[1] then
   return reply(8)  -- every wallet has a balance field: no wallet
 end
@@ -71,10 +72,12 @@ local function limit_reached(code, period_id, limit)
   return reply(code)
 end
 
+-- Open leases (lease_take.lua) count against the limits until they hold or give back.
+local leased, leased_msgs = int(w[13]), int(w[14])
 for i = 1, 3 do
   local credit_limit, msg_limit = w[3 + i], w[6 + i]
   if (credit_limit or msg_limit) and not usage[10 + i] then
-    local used_credits, used_msgs = usage[3 * i - 1], usage[3 * i]
+    local used_credits, used_msgs = usage[3 * i - 1] + leased, usage[3 * i] + leased_msgs
     if credit_limit and amount > 0 and used_credits + amount > int(credit_limit) then
       return limit_reached(1 + i, ids[i], credit_limit)
     end

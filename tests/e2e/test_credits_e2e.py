@@ -1,7 +1,9 @@
 """Credits on a real gateway: our launcher charging in process, settled from Jasmin's events.
 
-Every test runs twice: with ``charging.mode: pre-routing`` (the default: charged right after
-Jasmin's interception step) and ``in-process`` (charged inside it). Real redis-server,
+Every test runs three times: with ``charging.mode: pre-routing`` (the default: charged right
+after Jasmin's interception step), ``in-process`` (charged inside it), and pre-routing with
+credit leases (``charging.lease``: single messages held from jasmind's memory, their
+reservations written by settlement). Real redis-server,
 RabbitMQ, jasmind (through jasmin-credits-jasmind), the SMSC simulator, smpplib as the SMPP
 client and Jasmin's HTTP API.
 """
@@ -12,6 +14,8 @@ import json
 
 import pytest
 
+from jasmin_credits.localgateway import wait_until
+from jasmin_credits.settlement import parse_lease
 from tests.e2e.conftest import wait_received
 from tests.e2e.credits_support import PRICE, http, provision_with_routes, running_gateway, send
 
@@ -26,13 +30,25 @@ OVERRIDES = {
 }
 
 
-@pytest.fixture(scope="module", params=["pre-routing", "in-process"])
+LEASE = {"messages": 20, "seconds": 5, "idle_seconds": 3}
+
+
+@pytest.fixture(scope="module", params=["pre-routing", "in-process", "leases"])
 def gateway(request):
-    overrides = {**OVERRIDES, "charging": {"mode": request.param}}
+    leases = request.param == "leases"
+    mode = "pre-routing" if leases else request.param
+    charging = {"mode": mode, **({"lease": LEASE} if leases else {})}
+    overrides = {**OVERRIDES, "charging": charging}
     with running_gateway(overrides, lambda gw: provision_with_routes(gw, OPERATOR_SCRIPT),
                          smsc_args=["--fail", "3398=ESME_RINVDSTADR"]) as gw:
-        gw.charging_mode = request.param
+        gw.charging_mode = mode
+        gw.leases = leases
         yield gw
+
+
+def held(wallet) -> int:
+    """What is held for messages: reserved, less what credit leases hold unused."""
+    return wallet.reserved - wallet.leased
 
 
 def test_uk_fr_us_are_charged_their_own_prices(gateway, smpp_client, books):
@@ -123,12 +139,13 @@ def test_no_route_gives_the_credits_back(gateway, smpp_client, books):
     assert send(client, "442071000001").status == 0x0B  # ESME_RINVDSTADR: no route
     if gateway.charging_mode == "pre-routing":
         wallet = books.wallet("alice")
-        assert (wallet.balance, wallet.reserved) == (start, 0)
-        events = books.run(books.store.events("alice"))[0]
-        assert any(e.type == "released" and e.fields.get("reason") == "never queued"
-                   for e in events)
+        assert (wallet.balance, held(wallet)) == (start, 0)
+        if not gateway.leases:  # (a leased hold goes back to jasmind's lease, not Redis)
+            events = books.run(books.store.events("alice"))[0]
+            assert any(e.type == "released" and e.fields.get("reason") == "never queued"
+                       for e in events)
     else:
-        assert books.wallet("alice").reserved > 0  # held until the unqueued timeout
+        assert held(books.wallet("alice")) > 0  # held until the unqueued timeout
         books.wait_settled("alice", start, timeout=15)
 
 
@@ -143,7 +160,7 @@ def test_rate_quotes_our_price_and_charges_nothing(gateway, books):
     assert answer["credits"] == {"card": "world", "country": "GB", "prefix": "447", "parts": 2,
                                  "encoding": "gsm7", "unit_price": "0.0500", "total": "0.1000"}
     wallet = books.wallet("alice")
-    assert (wallet.balance, wallet.reserved) == (start, 0)
+    assert (wallet.balance, held(wallet)) == (start, 0)
 
 
 def test_operator_script_runs_first_and_can_refuse(gateway, smpp_client, books):
@@ -152,7 +169,7 @@ def test_operator_script_runs_first_and_can_refuse(gateway, smpp_client, books):
     client = smpp_client()
     assert send(client, "33660000001").status == 0x0B
     wallet = books.wallet("alice")
-    assert (wallet.balance, wallet.reserved) == (start, 0)
+    assert (wallet.balance, held(wallet)) == (start, 0)
 
 
 def test_invalid_and_unpriced_destinations_refused(gateway, smpp_client, books):
@@ -161,7 +178,7 @@ def test_invalid_and_unpriced_destinations_refused(gateway, smpp_client, books):
     client = smpp_client()
     assert send(client, "hello").status == 0x0B
     assert send(client, "0999").status == 0x0B  # national format: no country code matches
-    assert books.wallet("alice").reserved == 0
+    assert held(books.wallet("alice")) == 0
 
 
 def test_queued_messages_carry_their_tag_in_a_header(gateway, smpp_client, books):
@@ -171,6 +188,11 @@ def test_queued_messages_carry_their_tag_in_a_header(gateway, smpp_client, books
     import sys
 
     books.top_up("alice", 10_000)
+    if gateway.leases:  # a message held in Redis asks for the lease the next one uses
+        client = smpp_client()
+        wait_until(lambda: send(client, "447911000122").status == 0
+                   and books.wallet("alice").leased > 0, 20, interval=0.3,
+                   message="a credit lease")
     peek = subprocess.Popen([sys.executable, "-m", "tests.e2e.amqp_peek",
                              str(gateway.amqp_port), "submit.sm.*"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -181,7 +203,13 @@ def test_queued_messages_carry_their_tag_in_a_header(gateway, smpp_client, books
     finally:
         peek.kill()
     properties = json.loads(out.splitlines()[-1])
-    uid, ref, parts = properties["headers"]["jasmin_credits"].split(" ")
+    uid, ref, parts, *lease = properties["headers"]["jasmin_credits"].split(" ", 3)
     assert (uid, parts) == ("alice", "1")
-    held = books.run(books.store.reservation("alice", ref))
-    assert held, f"no reservation {ref}: {err}"
+    if gateway.leases:  # the whole hold travels in the tag; settlement writes it
+        assert parse_lease(lease[0]).unit_price == PRICE["447"]
+        wait_until(lambda: books.run(books.store.reservation("alice", ref)), 20,
+                   interval=0.05, message=f"reservation {ref} written by settlement")
+    else:
+        assert lease == []
+    reservation = books.run(books.store.reservation("alice", ref))
+    assert reservation, f"no reservation {ref}: {err}"

@@ -1,0 +1,208 @@
+"""Credit leases: single messages held from the gateway's memory, no Redis call each.
+
+With ``charging.lease.messages`` set, our launcher's jasmind takes, per user sending, a
+lease: credits (and room under the user's message limits) carved out of the wallet in one
+atomic Redis call (``lua/lease_take.lua``). While the lease lasts, a single message (one
+PDU, or one HTTP ``/send`` chain) is held against it in memory: no round trip to Redis
+before the client's answer, which is what a hold costs at window 1 (docs/benchmarks.md).
+
+Nothing is lost or charged twice:
+
+- The message's tag carries the whole hold (price, parts, quote, lease id) into Jasmin's
+  ``submit.sm.*`` message. Settlement reads it from its durable queue and writes the
+  reservation from the lease (``lua/lease_hold.lua``, idempotent on the ref), then links
+  it: from there on it is an ordinary reservation (charged on ``ESME_ROK``, refunded, swept).
+- A lease ends with a marker the gateway publishes on Jasmin's own AMQP channel, behind
+  every message held against it; settlement, reading it after them, gives back what the
+  lease did not hold (``lua/lease_end.lua``). A gateway that dies publishes no marker:
+  the sweeper ends its leases at their deadline (``seconds`` + ``settlement.unqueued_timeout``).
+- A message whose lease ended first (its event requeued after a Redis failure, read after
+  the marker) is held from the wallet instead, even below zero, with a ``late_hold``
+  event: it was accepted, so it is charged.
+
+Several gateways on one Redis each carve their own leases, so together they never hold
+more than the wallet (and its limits) allow. A lease never takes the wallet below its
+low-balance threshold, and counts against the limits until it is used or given back;
+when the wallet cannot grant one, messages are held one by one as without leases.
+Concatenated SMPP parts are always held one by one (their parts share a reservation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+
+from .errors import StoreUnavailable
+from .store import CreditStore, new_ref
+
+log = logging.getLogger("jasmin-credits")
+
+
+@dataclass
+class Lease:
+    """One open lease, as the gateway that took it counts it."""
+
+    id: str
+    uid: str
+    credits: int
+    messages: int
+    left: int
+    messages_left: int
+    periods: list[str]
+    """Day, week and month it was taken in: it holds only messages of those."""
+    until: float
+    """When it stops holding (clock seconds)."""
+    used_at: float
+
+
+class LeaseBook:
+    """The leases of one gateway process, by user.
+
+    ``publish_end(uid, lease_id)`` publishes the end marker on Jasmin's AMQP channel (see
+    the module's docstring). ``messages``: a lease is asked for that many messages at the
+    price of the message that asks; ``seconds``: how long one holds; ``idle``: a lease
+    unused that long ends; ``grace``: how long after ``seconds`` the sweeper waits for
+    the marker; ``retry``: after a refused or failed request, how long a user's messages
+    are held one by one before the next request; ``end_delay``: a replaced lease's marker
+    waits that long, so messages still between charging and queueing go before it.
+    """
+
+    def __init__(self, store: CreditStore, clock: IReactorTime,
+                 publish_end: Callable[[str, str], Any], *, messages: int,
+                 seconds: float = 30.0, idle: float = 10.0, grace: float = 600.0,
+                 retry: float = 1.0, end_delay: float = 1.0):
+        if messages < 1:
+            raise ValueError("a lease holds at least one message")
+        self.store = store
+        self.clock = clock
+        self.publish_end = publish_end
+        self.messages = messages
+        self.seconds = seconds
+        self.idle = idle
+        self.grace = grace
+        self.retry = retry
+        self.end_delay = end_delay
+        self._leases: dict[str, Lease] = {}
+        self._asking: dict[str, Deferred] = {}
+        self._quiet_until: dict[str, float] = {}
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = clock
+        self.held = 0
+        """Messages held from leases (for tests and logs)."""
+
+    # -- the per-message path -------------------------------------------------------------
+
+    def hold(self, uid: str, amount: int, periods: list[str]) -> Lease | None:
+        """Hold ``amount`` credits and one message of ``uid``'s lease, or answer None: hold
+        it in Redis, then :meth:`ask` (not before: the lease would take its credit)."""
+        now = self.clock.seconds()
+        lease = self._leases.get(uid)
+        if lease is not None:
+            if lease.until <= now or lease.periods != periods:
+                self._retire(lease)
+            elif lease.left >= amount and lease.messages_left >= 1:
+                lease.left -= amount
+                lease.messages_left -= 1
+                lease.used_at = now
+                self.held += 1
+                if lease.messages_left * 2 < lease.messages or lease.left * 2 < lease.credits:
+                    self._ask(uid, amount, now)  # the next one is ready before this ends
+                return lease
+        return None
+
+    def ask(self, uid: str, amount: int) -> None:
+        """Ask for a lease of messages of about ``amount`` for ``uid``, in the background
+        (unless one is being asked for, or was refused less than ``retry`` ago)."""
+        self._ask(uid, amount, self.clock.seconds())
+
+    def give_back(self, lease: Lease, amount: int) -> None:
+        """A message held against ``lease`` was not queued: it holds nothing."""
+        if self._leases.get(lease.uid) is lease:
+            lease.left += amount
+            lease.messages_left += 1
+
+    # -- taking and ending leases -----------------------------------------------------------
+
+    def _ask(self, uid: str, amount: int, now: float) -> None:
+        if uid in self._asking or self._quiet_until.get(uid, 0.0) > now:
+            return
+        asking = Deferred.fromCoroutine(self._take(uid, amount))
+        asking.addErrback(
+            lambda f: log.error("taking a credit lease failed: %s", f.getTraceback()))
+        if not asking.called:  # (Redis already down answers at once)
+            self._asking[uid] = asking
+
+    def requests(self) -> Deferred:
+        """Fires once the lease requests made so far have been answered."""
+        return DeferredList(list(self._asking.values()))
+
+    async def _take(self, uid: str, amount: int) -> None:
+        now_ms = self.store.now_ms()
+        deadline_ms = now_ms + int((self.seconds + self.grace) * 1000)
+        try:
+            grant = await self.store.take_lease(
+                uid, new_ref(now_ms), amount * self.messages, self.messages, least=amount,
+                deadline_ms=deadline_ms)
+        except StoreUnavailable as error:
+            log.info("no credit lease for %s (%s): holding message by message", uid, error)
+            grant = None
+        finally:
+            self._asking.pop(uid, None)
+        now = self.clock.seconds()
+        if grant is None or not grant.ok:
+            self._quiet_until[uid] = now + self.retry
+            return
+        old = self._leases.get(uid)
+        self._leases[uid] = Lease(
+            grant.lease_id, uid, grant.credits, grant.messages, grant.credits, grant.messages,
+            self.store.period_ids(now_ms), now + self.seconds, now)
+        if old is not None:
+            self._retire(old)
+
+    def _retire(self, lease: Lease) -> None:
+        """Hold nothing more on ``lease``; its marker follows what is still on its way."""
+        if self._leases.get(lease.uid) is lease:
+            del self._leases[lease.uid]
+        self.clock.callLater(self.end_delay, self._publish_end, lease)
+
+    def _publish_end(self, lease: Lease) -> None:
+        try:
+            self.publish_end(lease.uid, lease.id)
+        except Exception as error:  # noqa: BLE001 - the sweeper ends it at its deadline
+            log.warning("could not publish the end of lease %s of %s (%s): the sweeper "
+                        "ends it", lease.id, lease.uid, error)
+
+    def tick(self) -> None:
+        """End leases that ran their time or sat idle; forget old back-offs."""
+        now = self.clock.seconds()
+        for lease in list(self._leases.values()):
+            if lease.until <= now or now - lease.used_at >= self.idle:
+                self._retire(lease)
+        self._quiet_until = {u: t for u, t in self._quiet_until.items() if t > now}
+
+    def open(self) -> list[Lease]:
+        """The leases holding messages now."""
+        return list(self._leases.values())
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self, interval: float = 1.0) -> None:
+        self._loop.start(interval, now=False)
+
+    def stop(self) -> Deferred:
+        """End every lease at once (jasmind is stopping: nothing more is queued)."""
+        if self._loop.running:
+            self._loop.stop()
+        for lease in list(self._leases.values()):
+            del self._leases[lease.uid]
+            self._publish_end(lease)
+        return succeed(None)
+
+
+__all__ = ["Lease", "LeaseBook"]

@@ -1,0 +1,313 @@
+"""Credit leases: the Lua operations against real Redis, the gateway's lease book on a fake
+clock, settlement writing leased holds from tags, and the books after every path."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from jasmin_credits.errors import Refusal
+from jasmin_credits.leasing import LeaseBook
+from jasmin_credits.settlement import (
+    LEASE_END_HEADER,
+    TAG_HEADER,
+    Outcome,
+    Settlement,
+    lease_end_marker,
+    lease_field,
+)
+from jasmin_credits.store import new_ref
+from jasmin_credits.sweeper import Sweeper
+
+from .redis_support import make_store
+
+UID = "alice"
+PRICE = 10
+START = 1_795_000_000
+QUOTE = "GB|447911000001|447|world"
+
+
+async def setup(test, balance: int = 1000):
+    clock = Clock()
+    clock.advance(START)
+    store = await make_store(test, clock=clock)
+    await store.top_up(UID, balance, op_id="fund", actor="test")
+    return clock, store
+
+
+async def books(test, store, uid: str = UID) -> tuple[int, int, int]:
+    """(balance, reserved, leased), after checking the credit log sums to the balance."""
+    wallet = await store.wallet(uid)
+    entries, _ = await store.log(uid, count=1000)
+    test.assertEqual(sum(e.int_field("amount") for e in entries), wallet.balance)
+    return wallet.balance, wallet.reserved, wallet.leased
+
+
+def lease_id(store) -> str:
+    return new_ref(store.now_ms())
+
+
+def deadline(store) -> int:
+    return store.now_ms() + 60_000
+
+
+class LeaseOperationTests(TestCase):
+    async def test_take_hold_commit_end_balances_the_books(self):
+        """A lease moves credits into reserved; a held message charges once; the end gives
+        back the rest; the credit log holds only the charge."""
+        _, store = await setup(self)
+        lid = lease_id(store)
+        grant = await store.take_lease(UID, lid, 500, 50, least=PRICE, deadline_ms=deadline(store))
+        self.assertEqual((grant.credits, grant.messages, grant.ok), (500, 50, True))
+        self.assertEqual(await books(self, store), (1000, 500, 500))
+        self.assertEqual((await store.wallet(UID)).available, 500)
+        ref = new_ref(store.now_ms())
+        await store.hold_leased(UID, ref, lid, PRICE, 1, 1, QUOTE)
+        await store.hold_leased(UID, ref, lid, PRICE, 1, 1, QUOTE)  # repeated: nothing more
+        self.assertEqual(await books(self, store), (1000, 500, 490))
+        await store.link(UID, ref, "m1", 1)
+        await store.commit(UID, ref, "m1")
+        self.assertEqual(await books(self, store), (990, 490, 490))
+        self.assertEqual(await store.end_lease(UID, lid), 490)
+        self.assertIsNone(await store.end_lease(UID, lid))  # repeated: nothing more
+        self.assertEqual(await books(self, store), (990, 0, 0))
+        [charge] = (await store.log(UID))[0][:1]
+        self.assertEqual((charge.type, charge.int_field("amount"), charge.fields["country"]),
+                         ("charge", -PRICE, "GB"))
+        usage = (await store.wallet(UID)).usage[0]
+        self.assertEqual((usage.credits, usage.msgs), (PRICE, 1))
+
+    async def test_two_gateways_never_lease_more_than_the_wallet(self):
+        """Leases are carved atomically: a second one gets what the first left."""
+        _, store = await setup(self)
+        grants = [await store.take_lease(UID, lease_id(store), 600, 60, least=PRICE,
+                                         deadline_ms=deadline(store)) for _ in range(8)]
+        # each takes at most half of what is left, and never less than one message
+        self.assertEqual([g.credits for g in grants], [500, 250, 125, 62, 31, 16, 0, 0])
+        self.assertEqual((await store.wallet(UID)).available, 16)
+        self.assertTrue((await store.reserve(UID, PRICE, 1)).ok)
+        self.assertEqual((await store.reserve(UID, PRICE, 1)).refusal,
+                         Refusal.INSUFFICIENT_CREDIT)
+
+    async def test_lease_stops_at_the_low_balance_threshold_and_limits(self):
+        """A lease leaves the threshold untouched and takes at most half of the room under
+        every limit; less than one message's worth is no lease."""
+        _, store = await setup(self)
+        await store.configure(UID, {"low_balance": 700, "lim:msgs:day": 5,
+                                    "lim:credits:week": 250})
+        grant = await store.take_lease(UID, lease_id(store), 500, 50, least=PRICE,
+                                       deadline_ms=deadline(store))
+        self.assertEqual((grant.credits, grant.messages), (125, 2))
+        second = await store.take_lease(UID, lease_id(store), 500, 50, least=PRICE,
+                                        deadline_ms=deadline(store))
+        self.assertEqual((second.credits, second.messages), (62, 1))
+        none = await store.take_lease(UID, lease_id(store), 500, 50, least=40,
+                                      deadline_ms=deadline(store))
+        self.assertEqual((none.ok, none.credits), (False, 0))
+        events, _ = await store.events(UID)
+        self.assertNotIn("low_balance", [e.type for e in events])
+
+    async def test_open_lease_counts_against_limits_of_single_holds(self):
+        """A message held one by one (a concatenated one) sees the lease's room as used."""
+        _, store = await setup(self)
+        await store.configure(UID, {"lim:msgs:day": 2})
+        lid = lease_id(store)
+        grant = await store.take_lease(UID, lid, 30, 3, least=PRICE, deadline_ms=deadline(store))
+        self.assertEqual(grant.messages, 1)
+        self.assertTrue((await store.reserve(UID, PRICE, 1)).ok)
+        self.assertEqual((await store.reserve(UID, PRICE, 1)).refusal,
+                         Refusal.DAILY_MESSAGE_LIMIT)
+        await store.end_lease(UID, lid)
+        self.assertTrue((await store.reserve(UID, PRICE, 1)).ok)
+
+    async def test_message_after_the_lease_ended_is_held_from_the_wallet(self):
+        """A leased message read after its lease's end is still held (and charged once),
+        even below zero, with a late_hold event."""
+        _, store = await setup(self, balance=25)
+        lid = lease_id(store)
+        grant = await store.take_lease(UID, lid, 10, 1, least=PRICE, deadline_ms=deadline(store))
+        self.assertTrue(grant.ok)
+        await store.end_lease(UID, lid)
+        ref = new_ref(store.now_ms())
+        await store.hold_leased(UID, ref, lid, PRICE, 3, 1, QUOTE)
+        self.assertEqual(await books(self, store), (25, 30, 0))
+        await store.link(UID, ref, "m1", 3)
+        await store.commit(UID, ref, "m1")
+        self.assertEqual(await books(self, store), (-5, 0, 0))
+        events, _ = await store.events(UID)
+        self.assertIn("late_hold", [e.type for e in events])
+
+    async def test_removed_wallet_and_unknown_lease(self):
+        """Ending an unknown lease changes nothing; a wallet with a lease cannot be removed."""
+        _, store = await setup(self)
+        self.assertIsNone(await store.end_lease(UID, lease_id(store)))
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 100, 10, least=PRICE, deadline_ms=deadline(store))
+        with self.assertRaises(ValueError):
+            await store.remove(UID, "test")
+        await store.end_lease(UID, lid)
+        self.assertEqual(await store.remove(UID, "test"), 1000)
+
+    async def test_sweeper_ends_leases_past_their_deadline(self):
+        """A gateway that died published no end: the sweeper gives the rest back after the
+        deadline, not before."""
+        clock, store = await setup(self)
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 100, 10, least=PRICE,
+                               deadline_ms=store.now_ms() + 60_000)
+        await store.hold_leased(UID, new_ref(store.now_ms()), lid, PRICE, 1, 1, QUOTE)
+        sweeper = Sweeper(store, clock=clock, unqueued_timeout=600, unanswered_timeout=86_400)
+        clock.advance(59)
+        self.assertEqual((await sweeper.sweep_once()).leases, 0)
+        clock.advance(2)
+        self.assertEqual((await sweeper.sweep_once()).leases, 1)
+        self.assertEqual(await books(self, store), (1000, PRICE, 0))
+
+
+class Published:
+    """Records lease end markers (jasmind's AMQP publish)."""
+
+    def __init__(self):
+        self.ends: list[tuple[str, str]] = []
+
+    def __call__(self, uid: str, lid: str) -> None:
+        self.ends.append((uid, lid))
+
+
+class LeaseBookTests(TestCase):
+    async def book(self, **kw):
+        clock, store = await setup(self)
+        published = Published()
+        book = LeaseBook(store, clock, published, messages=kw.pop("messages", 4), **kw)
+        return clock, store, book, published
+
+    async def settle_background(self, book):
+        """Wait for the book's background lease requests to be answered."""
+        await book.requests()
+
+    async def test_first_message_asks_then_messages_hold_in_memory(self):
+        clock, store, book, _ = await self.book()
+        periods = store.period_ids(store.now_ms())
+        self.assertIsNone(book.hold(UID, PRICE, periods))  # held in Redis, then:
+        book.ask(UID, PRICE)
+        await self.settle_background(book)
+        lease = book.hold(UID, PRICE, periods)
+        self.assertIsNotNone(lease)
+        self.assertEqual((lease.credits, lease.messages, lease.left, lease.messages_left),
+                         (4 * PRICE, 4, 3 * PRICE, 3))
+        self.assertEqual(await books(self, store), (1000, 4 * PRICE, 4 * PRICE))
+        book.give_back(lease, PRICE)
+        self.assertEqual((lease.left, lease.messages_left), (4 * PRICE, 4))
+
+    async def test_half_used_lease_is_replaced_and_its_end_published_later(self):
+        clock, store, book, published = await self.book()
+        periods = store.period_ids(store.now_ms())
+        book.ask(UID, PRICE)
+        await self.settle_background(book)
+        first = book.hold(UID, PRICE, periods)
+        self.assertIs(book.hold(UID, PRICE, periods), first)
+        book.hold(UID, PRICE, periods)  # 1 of 4 left: a new one is asked for
+        await self.settle_background(book)
+        [second] = book.open()
+        self.assertIsNot(second, first)
+        self.assertEqual(published.ends, [])  # still on its way: the marker waits
+        clock.advance(book.end_delay)
+        self.assertEqual(published.ends, [(UID, first.id)])
+
+    async def test_idle_and_expired_leases_end(self):
+        clock, store, book, published = await self.book(idle=5, seconds=30)
+        periods = store.period_ids(store.now_ms())
+        book.ask(UID, PRICE)
+        await self.settle_background(book)
+        lease = book.hold(UID, PRICE, periods)
+        clock.advance(4)
+        book.tick()
+        self.assertEqual(book.open(), [lease])
+        clock.advance(1)
+        book.tick()
+        self.assertEqual(book.open(), [])
+        clock.advance(book.end_delay)
+        self.assertEqual(published.ends, [(UID, lease.id)])
+
+    async def test_refused_lease_holds_one_by_one_and_retries_later(self):
+        clock, store, book, _ = await self.book()
+        await store.top_up(UID, -995, op_id="drain", actor="test")  # 5 < one message
+        periods = store.period_ids(store.now_ms())
+        book.ask(UID, PRICE)
+        await self.settle_background(book)
+        self.assertIsNone(book.hold(UID, PRICE, periods))
+        await store.top_up(UID, 1000, op_id="more", actor="test")
+        book.ask(UID, PRICE)  # quiet after a refusal: no request
+        await self.settle_background(book)
+        self.assertIsNone(book.hold(UID, PRICE, periods))
+        clock.advance(book.retry)
+        book.ask(UID, PRICE)
+        await self.settle_background(book)
+        self.assertIsNotNone(book.hold(UID, PRICE, periods))
+
+    async def test_new_period_retires_the_lease(self):
+        clock, store, book, published = await self.book()
+        periods = store.period_ids(store.now_ms())
+        book.ask(UID, PRICE)
+        await self.settle_background(book)
+        lease = book.hold(UID, PRICE, periods)
+        tomorrow = store.period_ids(store.now_ms() + 86_400_000)
+        self.assertIsNone(book.hold(UID, PRICE, tomorrow))
+        clock.advance(book.end_delay)
+        self.assertEqual(published.ends, [(UID, lease.id)])
+
+    async def test_stop_ends_every_lease_at_once(self):
+        clock, store, book, published = await self.book()
+        periods = store.period_ids(store.now_ms())
+        book.ask(UID, PRICE)
+        await self.settle_background(book)
+        lease = book.hold(UID, PRICE, periods)
+        await book.stop()
+        self.assertEqual(published.ends, [(UID, lease.id)])
+
+
+def submit_sm_properties(header: str, msgid: str = "m1") -> dict:
+    return {"message-id": msgid, "headers": {TAG_HEADER: header}}
+
+
+class SettlementOfLeasedHoldsTests(TestCase):
+    async def test_tag_writes_the_hold_links_it_and_the_marker_ends_the_lease(self):
+        _, store = await setup(self)
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 100, 10, least=PRICE, deadline_ms=deadline(store))
+        settlement = Settlement(store)
+        ref = new_ref(store.now_ms())
+        header = f"{UID} {ref} 2 {lease_field(lid, PRICE, 1, QUOTE)}"
+        self.assertEqual(await settlement.submit_sm(b"", submit_sm_properties(header)),
+                         Outcome.SETTLED)
+        await store.settle_message("m1", True)
+        self.assertEqual(await books(self, store), (980, 80, 80))
+        marker = lease_end_marker(UID, lid)
+        self.assertEqual(marker["routing_key"], "submit.sm.jasmin_credits_lease_end")
+        properties = marker["content"].properties
+        self.assertEqual(await settlement.submit_sm(b"", properties), Outcome.SETTLED)
+        await store.wallet(UID)  # the lazy end has gone with this call
+        self.assertEqual(await books(self, store), (980, 0, 0))
+
+    async def test_malformed_lease_tags_and_markers_change_nothing(self):
+        _, store = await setup(self)
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 100, 10, least=PRICE, deadline_ms=deadline(store))
+        settlement = Settlement(store)
+        ref = new_ref(store.now_ms())
+        bad = [
+            f"{UID} {ref} 1 {lid} ten 1 {QUOTE}",
+            f"{UID} {ref} 1 {lid} 10 0 {QUOTE}",
+            f"{UID} {ref} 1 notaref 10 1 {QUOTE}",
+            f"{UID} {ref} 1 {lid} 10 1",
+            f"{UID} {ref} 1 {lid} 10 1 bad\nquote",
+            f"{UID} {ref} 1 {lid} 10 1 {'x' * 400}",
+        ]
+        for header in bad:
+            outcome = await settlement.submit_sm(b"", submit_sm_properties(header))
+            self.assertEqual(outcome, Outcome.MALFORMED, header)
+        for value in ("alice", f"al ice {lid}", f"{UID} nope", ""):
+            outcome = await settlement.submit_sm(b"", {"headers": {LEASE_END_HEADER: value}})
+            self.assertEqual(outcome, Outcome.MALFORMED, value)
+        self.assertEqual(await books(self, store), (1000, 100, 100))
+        self.assertEqual(await store.reservation(UID, ref), {})
