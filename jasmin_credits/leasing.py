@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
@@ -173,10 +173,13 @@ class LeaseBook:
 
     def _publish_end(self, lease: Lease) -> None:
         try:
-            self.publish_end(lease.uid, lease.id)
+            published = self.publish_end(lease.uid, lease.id)
         except Exception as error:  # noqa: BLE001 - the sweeper ends it at its deadline
-            log.warning("could not publish the end of lease %s of %s (%s): the sweeper "
-                        "ends it", lease.id, lease.uid, error)
+            published = fail(error)
+        if isinstance(published, Deferred):
+            published.addErrback(lambda f: log.warning(
+                "could not publish the end of lease %s of %s (%s): the sweeper ends it",
+                lease.id, lease.uid, f.getErrorMessage()))
 
     def tick(self) -> None:
         """End leases that ran their time or sat idle; forget old back-offs."""

@@ -185,6 +185,13 @@ class LeaseBookTests(TestCase):
         """Wait for the book's background lease requests to be answered."""
         await book.requests()
 
+    async def leased(self, store, book):
+        """Ask for alice's lease, wait for it, hold one message: (periods, lease)."""
+        periods = store.period_ids(store.now_ms())
+        book.ask(UID, PRICE)
+        await book.requests()
+        return periods, book.hold(UID, PRICE, periods)
+
     async def test_first_message_asks_then_messages_hold_in_memory(self):
         clock, store, book, _ = await self.book()
         periods = store.period_ids(store.now_ms())
@@ -201,10 +208,7 @@ class LeaseBookTests(TestCase):
 
     async def test_half_used_lease_is_replaced_and_its_end_published_later(self):
         clock, store, book, published = await self.book()
-        periods = store.period_ids(store.now_ms())
-        book.ask(UID, PRICE)
-        await self.settle_background(book)
-        first = book.hold(UID, PRICE, periods)
+        periods, first = await self.leased(store, book)
         self.assertIs(book.hold(UID, PRICE, periods), first)
         book.hold(UID, PRICE, periods)  # 1 of 4 left: a new one is asked for
         await self.settle_background(book)
@@ -216,10 +220,7 @@ class LeaseBookTests(TestCase):
 
     async def test_idle_and_expired_leases_end(self):
         clock, store, book, published = await self.book(idle=5, seconds=30)
-        periods = store.period_ids(store.now_ms())
-        book.ask(UID, PRICE)
-        await self.settle_background(book)
-        lease = book.hold(UID, PRICE, periods)
+        periods, lease = await self.leased(store, book)
         clock.advance(4)
         book.tick()
         self.assertEqual(book.open(), [lease])
@@ -247,21 +248,29 @@ class LeaseBookTests(TestCase):
 
     async def test_new_period_retires_the_lease(self):
         clock, store, book, published = await self.book()
-        periods = store.period_ids(store.now_ms())
-        book.ask(UID, PRICE)
-        await self.settle_background(book)
-        lease = book.hold(UID, PRICE, periods)
+        periods, lease = await self.leased(store, book)
         tomorrow = store.period_ids(store.now_ms() + 86_400_000)
         self.assertIsNone(book.hold(UID, PRICE, tomorrow))
         clock.advance(book.end_delay)
         self.assertEqual(published.ends, [(UID, lease.id)])
 
+    async def test_failed_end_marker_is_logged_for_the_sweeper(self):
+        """A marker the broker refuses (or a publish that raises) is logged, not raised."""
+        clock, store = await setup(self)
+
+        def broken(uid, lid):
+            raise ConnectionError("AMQP channel closed")
+
+        book = LeaseBook(store, clock, broken, messages=4)
+        periods, lease = await self.leased(store, book)
+        with self.assertLogs("jasmin-credits", "WARNING") as logged:
+            await book.stop()
+        self.assertIn(lease.id, logged.output[0])
+        self.assertEqual(book.open(), [])
+
     async def test_stop_ends_every_lease_at_once(self):
         clock, store, book, published = await self.book()
-        periods = store.period_ids(store.now_ms())
-        book.ask(UID, PRICE)
-        await self.settle_background(book)
-        lease = book.hold(UID, PRICE, periods)
+        periods, lease = await self.leased(store, book)
         await book.stop()
         self.assertEqual(published.ends, [(UID, lease.id)])
 
@@ -271,12 +280,15 @@ def submit_sm_properties(header: str, msgid: str = "m1") -> dict:
 
 
 class SettlementOfLeasedHoldsTests(TestCase):
-    async def test_tag_writes_the_hold_links_it_and_the_marker_ends_the_lease(self):
+    async def open_lease(self):
+        """A store with a lease of alice, settlement on it, and a new ref."""
         _, store = await setup(self)
         lid = lease_id(store)
         await store.take_lease(UID, lid, 100, 10, least=PRICE, deadline_ms=deadline(store))
-        settlement = Settlement(store)
-        ref = new_ref(store.now_ms())
+        return store, lid, Settlement(store), new_ref(store.now_ms())
+
+    async def test_tag_writes_the_hold_links_it_and_the_marker_ends_the_lease(self):
+        store, lid, settlement, ref = await self.open_lease()
         header = f"{UID} {ref} 2 {lease_field(lid, PRICE, 1, QUOTE)}"
         self.assertEqual(await settlement.submit_sm(b"", submit_sm_properties(header)),
                          Outcome.SETTLED)
@@ -286,15 +298,10 @@ class SettlementOfLeasedHoldsTests(TestCase):
         self.assertEqual(marker["routing_key"], "submit.sm.jasmin_credits_lease_end")
         properties = marker["content"].properties
         self.assertEqual(await settlement.submit_sm(b"", properties), Outcome.SETTLED)
-        await store.wallet(UID)  # the lazy end has gone with this call
         self.assertEqual(await books(self, store), (980, 0, 0))
 
     async def test_malformed_lease_tags_and_markers_change_nothing(self):
-        _, store = await setup(self)
-        lid = lease_id(store)
-        await store.take_lease(UID, lid, 100, 10, least=PRICE, deadline_ms=deadline(store))
-        settlement = Settlement(store)
-        ref = new_ref(store.now_ms())
+        store, lid, settlement, ref = await self.open_lease()
         bad = [
             f"{UID} {ref} 1 {lid} ten 1 {QUOTE}",
             f"{UID} {ref} 1 {lid} 10 0 {QUOTE}",

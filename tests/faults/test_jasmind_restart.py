@@ -9,15 +9,21 @@ from tests.e2e.credits_support import settled_processes
 from tests.faults.support import credits_gateway, killed_and_restarted, settlement
 
 
-@pytest.mark.parametrize("process", ["gateway", "child"])
-def test_launcher_killed_and_restarted_under_load(process):
+@pytest.mark.parametrize("process, lease", [("gateway", False), ("child", False),
+                                            ("child", True)])
+def test_launcher_killed_and_restarted_under_load(process, lease):
     """Reservations in flight when jasmind dies are settled exactly once after its restart,
-    whether jasmind settles them itself or its ``jasmin-credits-settled`` child does.
+    whether jasmind settles them itself or its ``jasmin-credits-settled`` child does, and
+    with credit leases: messages held in the dead jasmind's memory are charged from their
+    events, and the sweeper gives back what its leases did not hold.
 
     Only jasmind's own process is killed (as the OOM killer would): its child notices and
     stops, and the restarted launcher's child takes over (the lock a SIGKILLed process
     held is free at once)."""
-    with credits_gateway("jasmind", settlement(process=process)) as gateway:
+    overrides = settlement(process=process)
+    if lease:
+        overrides["charging"] = {"lease": {"messages": 50, "seconds": 2}}
+    with credits_gateway("jasmind", overrides) as gateway:
         with gateway.jcli() as jcli:
             jcli.run("persist")  # jasmind reloads users, connector, routes at start
         if process == "child":
