@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
 from tests.e2e.credits_support import Books
 from tests.faults.support import (
     ESME_ROK,
@@ -12,20 +14,28 @@ from tests.faults.support import (
     check_books,
     credits_gateway,
     price,
+    settlement,
 )
 
 ESME_RX_P_APPN = 0x65
 AFFORDABLE = 300  # French messages the wallet can pay for
 OVERDRAFT = 2_000
+LEASE_MESSAGES = 20
 
 
-def test_two_launchers_sharing_redis_never_overspend():
-    """Concurrent load through two gateways on one wallet: no overspend, books exact."""
+@pytest.mark.parametrize("lease", [False, True])
+def test_two_launchers_sharing_redis_never_overspend(lease):
+    """Concurrent load through two gateways on one wallet: no overspend, books exact; with
+    credit leases too (each gateway holds messages against credit it carved out)."""
     unit = price("336")
+    overrides = settlement()
+    if lease:
+        overrides["charging"] = {"lease": {"messages": LEASE_MESSAGES, "seconds": 2,
+                                           "idle_seconds": 1}}
     with contextlib.ExitStack() as stack:
-        first = stack.enter_context(credits_gateway("shared-a", funds=None))
+        first = stack.enter_context(credits_gateway("shared-a", overrides, funds=None))
         second = stack.enter_context(credits_gateway(
-            "shared-b", funds=None, external_redis_port=first.redis_port))
+            "shared-b", overrides, funds=None, external_redis_port=first.redis_port))
         books = Books(first)
         wallet = books.wallet("alice")
         start = books.top_up("alice", AFFORDABLE * unit - (wallet.balance if wallet else 0))
@@ -50,4 +60,10 @@ def test_two_launchers_sharing_redis_never_overspend():
         assert charged == start - wallet.balance
         assert set(merged.statuses()) <= {ESME_ROK, ESME_RX_P_APPN}, merged.statuses()
         assert all(r.told(ESME_ROK) for r in results)  # both gateways charged the wallet
-        assert len(merged.told(ESME_ROK)) == (AFFORDABLE * unit + OVERDRAFT) // unit
+        affordable = (AFFORDABLE * unit + OVERDRAFT) // unit
+        if not lease:
+            assert len(merged.told(ESME_ROK)) == affordable
+        else:
+            # never more; fewer only by what the two gateways' leases held unused while
+            # the last messages were refused (at most a lease each)
+            assert affordable - 2 * LEASE_MESSAGES <= len(merged.told(ESME_ROK)) <= affordable
