@@ -88,7 +88,7 @@ class LeaseBook:
         self.grace = grace
         self.retry = retry
         self.end_delay = end_delay
-        self._leases: dict[str, Lease] = {}
+        self._leases: dict[str, list[Lease]] = {}
         self._asking: dict[str, Deferred] = {}
         self._quiet_until: dict[str, float] = {}
         self._loop = LoopingCall(self.tick)
@@ -99,38 +99,50 @@ class LeaseBook:
     # -- the per-message path -------------------------------------------------------------
 
     def hold(self, uid: str, amount: int, periods: list[str]) -> Lease | None:
-        """Hold ``amount`` credits and one message of ``uid``'s lease, or answer None: hold
-        it in Redis, then :meth:`ask` (not before: the lease would take its credit)."""
+        """Hold ``amount`` credits and one message of ``uid``'s leases, or answer None: hold
+        it in Redis, then :meth:`ask` (not before: the lease would take its credit).
+
+        A user has at most two leases: the one holding messages and the next one, asked for
+        once the first is half used. The first holds until a message no longer fits in it,
+        so what it gives back at its end is less than one message."""
         now = self.clock.seconds()
-        lease = self._leases.get(uid)
-        if lease is not None:
-            if lease.until <= now or lease.periods != periods:
+        leases = self._leases.get(uid)
+        while leases:
+            lease = leases[0]
+            fits = lease.left >= amount and lease.messages_left >= 1
+            if lease.until <= now or lease.periods != periods or (not fits and len(leases) > 1):
                 self._retire(lease)
-            elif lease.left >= amount and lease.messages_left >= 1:
-                lease.left -= amount
-                lease.messages_left -= 1
-                lease.used_at = now
-                self.held += 1
-                if lease.messages_left * 2 < lease.messages or lease.left * 2 < lease.credits:
-                    self._ask(uid, amount, now)  # the next one is ready before this ends
-                return lease
+                leases = self._leases.get(uid)
+                continue
+            if not fits:
+                return None  # (kept: smaller messages may still fit)
+            lease.left -= amount
+            lease.messages_left -= 1
+            lease.used_at = now
+            self.held += 1
+            if len(leases) == 1 and (lease.messages_left * 2 < lease.messages
+                                     or lease.left * 2 < lease.credits):
+                self._ask(uid, amount, now)  # the next one is ready before this one ends
+            return lease
         return None
 
     def ask(self, uid: str, amount: int) -> None:
         """Ask for a lease of messages of about ``amount`` for ``uid``, in the background
-        (unless one is being asked for, or was refused less than ``retry`` ago)."""
+        (unless one is being asked for, the next one is ready, or a request was refused less
+        than ``retry`` ago)."""
         self._ask(uid, amount, self.clock.seconds())
 
     def give_back(self, lease: Lease, amount: int) -> None:
         """A message held against ``lease`` was not queued: it holds nothing."""
-        if self._leases.get(lease.uid) is lease:
+        if any(held is lease for held in self._leases.get(lease.uid, ())):
             lease.left += amount
             lease.messages_left += 1
 
     # -- taking and ending leases -----------------------------------------------------------
 
     def _ask(self, uid: str, amount: int, now: float) -> None:
-        if uid in self._asking or self._quiet_until.get(uid, 0.0) > now:
+        if (uid in self._asking or self._quiet_until.get(uid, 0.0) > now
+                or len(self._leases.get(uid, ())) > 1):
             return
         asking = Deferred.fromCoroutine(self._take(uid, amount))
         asking.addErrback(
@@ -158,17 +170,17 @@ class LeaseBook:
         if grant is None or not grant.ok:
             self._quiet_until[uid] = now + self.retry
             return
-        old = self._leases.get(uid)
-        self._leases[uid] = Lease(
+        self._leases.setdefault(uid, []).append(Lease(
             grant.lease_id, uid, grant.credits, grant.messages, grant.credits, grant.messages,
-            self.store.period_ids(now_ms), now + self.seconds, now)
-        if old is not None:
-            self._retire(old)
+            self.store.period_ids(now_ms), now + self.seconds, now))
 
     def _retire(self, lease: Lease) -> None:
         """Hold nothing more on ``lease``; its marker follows what is still on its way."""
-        if self._leases.get(lease.uid) is lease:
-            del self._leases[lease.uid]
+        left = [held for held in self._leases.get(lease.uid, ()) if held is not lease]
+        if left:
+            self._leases[lease.uid] = left
+        else:
+            self._leases.pop(lease.uid, None)
         self.clock.callLater(self.end_delay, self._publish_end, lease)
 
     def _publish_end(self, lease: Lease) -> None:
@@ -184,14 +196,14 @@ class LeaseBook:
     def tick(self) -> None:
         """End leases that ran their time or sat idle; forget old back-offs."""
         now = self.clock.seconds()
-        for lease in list(self._leases.values()):
+        for lease in self.open():
             if lease.until <= now or now - lease.used_at >= self.idle:
                 self._retire(lease)
         self._quiet_until = {u: t for u, t in self._quiet_until.items() if t > now}
 
     def open(self) -> list[Lease]:
-        """The leases holding messages now."""
-        return list(self._leases.values())
+        """The leases holding messages now, and the next ones."""
+        return [lease for leases in self._leases.values() for lease in leases]
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -202,9 +214,9 @@ class LeaseBook:
         """End every lease at once (jasmind is stopping: nothing more is queued)."""
         if self._loop.running:
             self._loop.stop()
-        for lease in list(self._leases.values()):
-            del self._leases[lease.uid]
+        for lease in self.open():
             self._publish_end(lease)
+        self._leases.clear()
         return succeed(None)
 
 

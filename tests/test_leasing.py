@@ -206,17 +206,25 @@ class LeaseBookTests(TestCase):
         book.give_back(lease, PRICE)
         self.assertEqual((lease.left, lease.messages_left), (4 * PRICE, 4))
 
-    async def test_half_used_lease_is_replaced_and_its_end_published_later(self):
+    async def test_next_lease_is_ready_at_half_and_takes_over_when_one_no_longer_fits(self):
+        """The first lease holds until a message does not fit; the next one, asked for when
+        the first was half used, takes over, and the first's end is published later."""
         clock, store, book, published = await self.book()
         periods, first = await self.leased(store, book)
         self.assertIs(book.hold(UID, PRICE, periods), first)
-        book.hold(UID, PRICE, periods)  # 1 of 4 left: a new one is asked for
+        self.assertIs(book.hold(UID, PRICE, periods), first)  # 1 of 4 left: next asked for
         await self.settle_background(book)
-        [second] = book.open()
-        self.assertIsNot(second, first)
+        self.assertEqual(len(book.open()), 2)
+        second = book.open()[1]
+        self.assertIs(book.hold(UID, PRICE, periods), first)  # the first holds to the end
+        self.assertEqual((first.left, first.messages_left), (0, 0))
+        self.assertIs(book.hold(UID, PRICE, periods), second)
+        self.assertEqual(book.open(), [second])
         self.assertEqual(published.ends, [])  # still on its way: the marker waits
         clock.advance(book.end_delay)
         self.assertEqual(published.ends, [(UID, first.id)])
+        await store.end_lease(UID, first.id)
+        self.assertEqual(await books(self, store), (1000, 4 * PRICE, 4 * PRICE))
 
     async def test_idle_and_expired_leases_end(self):
         clock, store, book, published = await self.book(idle=5, seconds=30)
