@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jasmin_credits.localgateway import wait_until
 from tests.e2e.credits_support import Books
 from tests.faults.support import (
@@ -10,13 +12,22 @@ from tests.faults.support import (
     Load,
     check_books,
     credits_gateway,
+    settlement,
     summary,
 )
 
 
-def test_redis_killed_and_restarted_under_load():
-    """Refused with store_unavailable while Redis is down; every accepted message charged once."""
-    with credits_gateway("redis", redis_aof=True) as gateway:
+@pytest.mark.parametrize("lease", [False, True])
+def test_redis_killed_and_restarted_under_load(lease):
+    """Refused with store_unavailable while Redis is down; every accepted message charged once.
+
+    With credit leases, jasmind goes on accepting single messages against the credit it
+    leased before the kill, until that runs out (10 messages a lease, two at most), then
+    refuses; settlement writes their holds once Redis is back."""
+    overrides = settlement()
+    if lease:
+        overrides["charging"] = {"lease": {"messages": 10, "seconds": 2}}
+    with credits_gateway("redis", overrides, redis_aof=True) as gateway:
         start = Books(gateway).wallet("alice").balance
         load = Load(gateway)
         load.start()
