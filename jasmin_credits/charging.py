@@ -28,7 +28,7 @@ from .metrics import NO_METRICS
 from .parts import Parts, count_http_chain, count_pdu
 from .pricing import Pricer, Quote
 from .settlement import lease_field, tag_pdu
-from .store import Concat, CreditStore, new_ref
+from .store import Concat, CreditStore, new_ref, quote_record
 
 log = logging.getLogger("jasmin-credits")
 
@@ -165,7 +165,7 @@ class Charger:
         if lease is None:
             return None
         ref = new_ref(now)
-        where = f"{quote.country or ''}|{quote.destination}|{quote.prefix}|{quote.card}"
+        where = quote_record(quote.country or "", quote.destination, quote.prefix, quote.card)
         tag_pdu(pdu, uid, ref, quote.parts, lease_field(lease.id, quote.unit_price, 1, where))
         return Decision(ref=ref, quote=quote, charged=True, lease=lease)
 

@@ -171,6 +171,11 @@ def new_ref(now_ms: int) -> str:
     return f"{now_ms}-{secrets.token_hex(6)}"
 
 
+def quote_record(country: str, destination: str, prefix: str, card: str) -> str:
+    """What priced a hold, as its reservation keeps it for the credit log."""
+    return f"{country}|{destination}|{prefix}|{card}"
+
+
 def created_ms(ref: str) -> int:
     """The creation time encoded in a reservation ref."""
     head, _, _ = ref.partition("-")
@@ -306,7 +311,7 @@ class CreditStore:
         if concat:
             parts = max(concat.total, 1)
         user = self.keys.of(uid)
-        quote = f"{country}|{destination}|{prefix}|{card}"
+        quote = quote_record(country, destination, prefix, card)
         for _ in range(3):
             keys = [
                 user.wallet,

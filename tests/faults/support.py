@@ -195,13 +195,19 @@ class Load(threading.Thread):
 
     def wait_sent(self, count: int, timeout: float = 60.0) -> None:
         """Block until ``count`` more messages got their answer (or were given up)."""
+        if not self.answered_within(count, timeout):
+            raise AssertionError(f"load stalled: {self.result.statuses()} "
+                                 f"{self.result.errors[-3:]}")
+
+    def answered_within(self, count: int, timeout: float) -> bool:
+        """Whether ``count`` more messages got their answer within ``timeout`` seconds."""
         target = self.answered + count
         try:
             wait_until(lambda: self.answered >= target, timeout, interval=0.02,
                        message=f"{count} more messages answered")
         except TimeoutError:
-            raise AssertionError(f"load stalled: {self.result.statuses()} "
-                                 f"{self.result.errors[-3:]}") from None
+            return False
+        return True
 
     def finish(self, timeout: float = 60.0) -> LoadResult:
         self._halt.set()

@@ -41,16 +41,22 @@ def test_rabbitmq_restarted_under_load():
             gateway.rabbitmq.start()
             restarted_at = len(load.result.sent)
             load.resume()
-            load.wait_sent(50)
-            load.hold()  # 50 messages, then see whether they leave
-            try:
-                wait_until(lambda: _delivered_since(gateway, load, restarted_at), 40,
-                           interval=0.5, message="delivered again after the restart")
-            except TimeoutError:
+            # 50 messages answered, then see whether they leave
+            recovered = load.answered_within(50, 60)
+            load.hold()
+            if recovered:
+                try:
+                    wait_until(lambda: _delivered_since(gateway, load, restarted_at), 40,
+                               interval=0.5, message="delivered again after the restart")
+                except TimeoutError:
+                    recovered = False
+            if not recovered:
                 # Jasmin 0.11.1 reconnects to the broker, but its connector queue
                 # (submit.sm.<cid>, not durable) is gone and its consumer dead: it accepts
                 # messages it can never send, and restarting the connector fails (no queue).
-                # The operator restarts jasmind, which declares the queue again.
+                # In some runs its SMPP server also stops answering binds (clients get
+                # ConnectionError). The operator restarts jasmind, which declares the queue
+                # again; the books below are checked either way.
                 recovery = "jasmind restarted"
                 gateway.restart_child("jasmind", kill=False)
                 gateway.wait_connector_bound("smsc")
