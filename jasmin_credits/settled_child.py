@@ -45,16 +45,34 @@ def lock_path(config_path: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"jasmin-credits-settled-{digest}")
 
 
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+def line_level(line: str, previous: int) -> int:
+    """The level of one line the child logged (``settled.py``'s format: date, time, level,
+    ...); a line without one (a traceback's) continues the previous line's entry."""
+    fields = line.split(None, 3)
+    if len(fields) > 2 and fields[0][:1].isdigit():
+        return _LEVELS.get(fields[2], previous)
+    return previous
+
+
 class _ChildProtocol(protocol.ProcessProtocol):
     def __init__(self, owner: SettledChild):
         self.owner = owner
         self.buffer = b""
+        self.level = logging.INFO
 
     def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted API
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
         for line in lines:
-            log.info("%s", line.decode(errors="replace"))
+            # at the child's own level: jasmind shows warnings and errors (where a
+            # post-mortem looks first), whatever it does with INFO
+            text = line.decode(errors="replace")
+            self.level = line_level(text, self.level)
+            log.log(self.level, "%s", text)
 
     errReceived = outReceived  # noqa: N815 - Twisted API
 

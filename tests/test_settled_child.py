@@ -64,3 +64,23 @@ def test_stop_cancels_a_pending_restart():
     child.stop()
     reactor.advance(60)
     assert len(reactor.spawned) == 1
+
+
+def test_child_lines_are_forwarded_at_their_own_level(caplog):
+    """The launcher logs each line of its child at the level the child gave it, and a
+    traceback's lines at the level of the entry they belong to."""
+    import logging
+
+    from jasmin_credits.settled_child import _ChildProtocol
+
+    child = _ChildProtocol(owner=None)
+    caplog.set_level(logging.DEBUG, logger="jasmin-credits.settled")
+    child.outReceived(
+        b"2026-11-27 00:36:20,478 WARNING  jasmin-credits.settlement requeued in 5.0s\n"
+        b"2026-11-27 00:36:21,001 ERROR    jasmin-credits.settlement cannot settle: dropped\n"
+        b"Traceback (most recent call last):\n"
+        b"2026-11-27 00:36:22,000 INFO     jasmin-credits.sweeper sweep: 1 released\n"
+        b"2026-11-27 00:36:2")
+    assert [(r.levelno, r.getMessage().split()[-1]) for r in caplog.records] == [
+        (logging.WARNING, "5.0s"), (logging.ERROR, "dropped"), (logging.ERROR, "last):"),
+        (logging.INFO, "released")]
