@@ -93,8 +93,6 @@ class LeaseBook:
         self._quiet_until: dict[str, float] = {}
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
-        self.held = 0
-        """Messages held from leases (for tests and logs)."""
 
     # -- the per-message path -------------------------------------------------------------
 
@@ -119,7 +117,6 @@ class LeaseBook:
             lease.left -= amount
             lease.messages_left -= 1
             lease.used_at = now
-            self.held += 1
             if len(leases) == 1 and (lease.messages_left * 2 < lease.messages
                                      or lease.left * 2 < lease.credits):
                 self._ask(uid, amount, now)  # the next one is ready before this one ends

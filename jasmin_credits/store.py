@@ -102,7 +102,6 @@ class Grant:
     lease_id: str
     credits: int
     messages: int
-    no_wallet: bool = False
 
     @property
     def ok(self) -> bool:
@@ -400,7 +399,7 @@ class CreditStore:
             [uid, lease_id, int(credits), int(messages), int(least), now,
              *self.period_ids(now), int(deadline_ms)])
         if status != OK:
-            return Grant(lease_id, 0, 0, no_wallet=status == NO_WALLET)
+            return Grant(lease_id, 0, 0)  # no room, or no wallet
         return Grant(lease_id, got, msgs)
 
     def hold_leased(self, uid: str, ref: str, lease_id: str, unit_price: int, parts: int,
