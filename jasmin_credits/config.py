@@ -103,6 +103,9 @@ class LeaseConfig:
     messages: int = 0
     seconds: float = 30.0
     idle: float = 10.0
+    gateway: str | None = None
+    """Names this gateway's leases in Redis, so that it ends them when it starts again
+    after dying; None: the host name and the launcher's lock file."""
 
 
 @dataclass(frozen=True)
@@ -299,9 +302,18 @@ def _lease(section: _Section) -> LeaseConfig:
         messages=section.integer("messages", 0, 0, 100_000),
         seconds=section.seconds("seconds", 30.0),
         idle=section.seconds("idle_seconds", 10.0),
+        gateway=section.string("gateway", None),
     )
+    if lease.gateway is not None and not valid_gateway_name(lease.gateway):
+        raise section.error("gateway", "must be 1 to 200 printable characters without "
+                            f"spaces, got {lease.gateway!r}")
     section.finish()
     return lease
+
+
+def valid_gateway_name(name: str) -> bool:
+    """A gateway name for ``charging.lease.gateway``: part of a Redis key."""
+    return 0 < len(name) <= 200 and name.isprintable() and not any(c.isspace() for c in name)
 
 
 def _plans(p: _Section) -> PlansConfig:

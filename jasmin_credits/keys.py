@@ -140,6 +140,11 @@ class Keys:
         """One credit lease of a gateway (jasmin_credits.leasing)."""
         return f"{self.user(uid)}:lease:{lease_id}"
 
+    def gateway_leases(self, gateway: str) -> str:
+        """Set of the open credit leases one gateway took, ``"<uid> <lease id>"``: its
+        successor (the same gateway restarted) ends them at start."""
+        return f"{self.prefix}:gateway:{gateway}:leases"
+
     def message(self, msgid: str) -> str:
         """Link from a Jasmin message id to ``uid ref parts`` (written at queueing)."""
         return f"{self.prefix}:msg:{msgid}"

@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None,
             except ConfigError as error:
                 print(f"{sys.argv[0]}: {error}", file=sys.stderr)
                 raise SystemExit(2) from None
+        if runtime is not None:
+            runtime.lock_file = options["lock-file"]  # names this gateway's credit leases
         # Must not be executed simultaneously (c.f. jasmin #265)
         with single_instance(options["lock-file"], "jasmin-credits-jasmind"):
             daemon = CreditsJasminDaemon(options, runtime)

@@ -15,7 +15,10 @@ Nothing is lost or charged twice:
 - A lease ends with a marker the gateway publishes on Jasmin's own AMQP channel, behind
   every message held against it; settlement, reading it after them, gives back what the
   lease did not hold (``lua/lease_end.lua``). A gateway that dies publishes no marker:
-  the sweeper ends its leases at their deadline (``seconds`` + ``settlement.unqueued_timeout``).
+  started again, it publishes the markers of the leases its previous run left (Redis keeps
+  a set of them per gateway name), behind whatever that run queued; a gateway that does
+  not come back has its leases ended by the sweeper at their deadline (``seconds`` +
+  ``settlement.unqueued_timeout``).
 - A message whose lease ended first (its event requeued after a Redis failure, read after
   the marker) is held from the wallet instead, even below zero, with a ``late_hold``
   event: it was accepted, so it is charged.
@@ -30,6 +33,7 @@ Concatenated SMPP parts are always held one by one (their parts share a reservat
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,12 +75,17 @@ class LeaseBook:
     the marker; ``retry``: after a refused or failed request, how long a user's messages
     are held one by one before the next request; ``end_delay``: a replaced lease's marker
     waits that long, so messages still between charging and queueing go before it.
+
+    ``gateway`` names this gateway's leases in Redis (None: not named, left to the sweeper
+    if the process dies): once ``ready()`` says markers can be published, the book ends the
+    leases an earlier run of the same gateway left open.
     """
 
     def __init__(self, store: CreditStore, clock: IReactorTime,
                  publish_end: Callable[[str, str], Any], *, messages: int,
                  seconds: float = 30.0, idle: float = 10.0, grace: float = 600.0,
-                 retry: float = 1.0, end_delay: float = 1.0):
+                 retry: float = 1.0, end_delay: float = 1.0, gateway: str | None = None,
+                 ready: Callable[[], bool] = lambda: True):
         if messages < 1:
             raise ValueError("a lease holds at least one message")
         self.store = store
@@ -91,6 +100,13 @@ class LeaseBook:
         self._leases: dict[str, list[Lease]] = {}
         self._asking: dict[str, Deferred] = {}
         self._quiet_until: dict[str, float] = {}
+        self.gateway = gateway
+        self.ready = ready
+        self._own: set[str] = set()
+        """Ids of the leases this book asked for before it ended its predecessor's."""
+        self.predecessors: Deferred = Deferred() if gateway is not None else succeed(0)
+        """Fires with the number of leases of an earlier run this book ended."""
+        self._reading_predecessors = False
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
 
@@ -154,10 +170,13 @@ class LeaseBook:
     async def _take(self, uid: str, amount: int) -> None:
         now_ms = self.store.now_ms()
         deadline_ms = now_ms + int((self.seconds + self.grace) * 1000)
+        lease_id = new_ref(now_ms)
+        if not self.predecessors.called:
+            self._own.add(lease_id)
         try:
             grant = await self.store.take_lease(
-                uid, new_ref(now_ms), amount * self.messages, self.messages, least=amount,
-                deadline_ms=deadline_ms)
+                uid, lease_id, amount * self.messages, self.messages, least=amount,
+                deadline_ms=deadline_ms, gateway=self.gateway)
         except StoreUnavailable as error:
             log.info("no credit lease for %s (%s): holding message by message", uid, error)
             grant = None
@@ -165,6 +184,8 @@ class LeaseBook:
             self._asking.pop(uid, None)
         now = self.clock.seconds()
         if grant is None or not grant.ok:
+            if grant is not None:  # (one that failed may exist: its deadline ends it)
+                self._own.discard(lease_id)
             self._quiet_until[uid] = now + self.retry
             return
         self._leases.setdefault(uid, []).append(Lease(
@@ -178,25 +199,52 @@ class LeaseBook:
             self._leases[lease.uid] = left
         else:
             self._leases.pop(lease.uid, None)
-        self.clock.callLater(self.end_delay, self._publish_end, lease)
+        self.clock.callLater(self.end_delay, self._publish_end, lease.uid, lease.id)
 
-    def _publish_end(self, lease: Lease) -> None:
+    def _publish_end(self, uid: str, lease_id: str) -> None:
+        self._own.discard(lease_id)
         try:
-            published = self.publish_end(lease.uid, lease.id)
+            published = self.publish_end(uid, lease_id)
         except Exception as error:  # noqa: BLE001 - the sweeper ends it at its deadline
             published = fail(error)
         if isinstance(published, Deferred):
             published.addErrback(lambda f: log.warning(
                 "could not publish the end of lease %s of %s (%s): the sweeper ends it",
-                lease.id, lease.uid, f.getErrorMessage()))
+                lease_id, uid, f.getErrorMessage()))
 
     def tick(self) -> None:
-        """End leases that ran their time or sat idle; forget old back-offs."""
+        """End leases that ran their time or sat idle, and those an earlier run of this
+        gateway left; forget old back-offs."""
         now = self.clock.seconds()
         for lease in self.open():
             if lease.until <= now or now - lease.used_at >= self.idle:
                 self._retire(lease)
         self._quiet_until = {u: t for u, t in self._quiet_until.items() if t > now}
+        if not self.predecessors.called and not self._reading_predecessors and self.ready():
+            self._reading_predecessors = True
+            Deferred.fromCoroutine(self._end_predecessors()).addErrback(
+                lambda f: log.error("ending an earlier run's leases failed: %s",
+                                    f.getTraceback()))
+
+    async def _end_predecessors(self) -> None:
+        """Publish the end markers of the leases an earlier run of this gateway left open
+        (it died before it could): they follow what that run queued, as its own would have.
+        On a Redis failure, the next tick tries again."""
+        try:
+            left = await self.store.gateway_leases(self.gateway)  # type: ignore[arg-type]
+        except StoreUnavailable as error:
+            log.info("cannot read the credit leases a previous run left (%s): retrying", error)
+            return
+        finally:
+            self._reading_predecessors = False
+        ended = [(uid, lease_id) for uid, lease_id in left if lease_id not in self._own]
+        for uid, lease_id in ended:
+            self._publish_end(uid, lease_id)
+        if ended:
+            log.warning("gateway %s stopped uncleanly with %d credit leases open: their "
+                        "end markers are published", self.gateway, len(ended))
+        self._own.clear()
+        self.predecessors.callback(len(ended))
 
     def open(self) -> list[Lease]:
         """The leases holding messages now, and the next ones."""
@@ -212,9 +260,17 @@ class LeaseBook:
         if self._loop.running:
             self._loop.stop()
         for lease in self.open():
-            self._publish_end(lease)
+            self._publish_end(lease.uid, lease.id)
         self._leases.clear()
         return succeed(None)
 
 
-__all__ = ["Lease", "LeaseBook"]
+def default_gateway_name(lock_file: str | None) -> str:
+    """``<host name>:<lock file>``, the name of a gateway's leases when the config gives none:
+    the same launcher started again on the same host finds its leases under it, and two
+    launchers on one host differ (they cannot share a lock file)."""
+    name = f"{socket.gethostname() or 'localhost'}:{lock_file or '-'}"
+    return "".join("_" if c.isspace() or not c.isprintable() else c for c in name)[:200]
+
+
+__all__ = ["Lease", "LeaseBook", "default_gateway_name"]

@@ -69,6 +69,9 @@ class CreditsRuntime:
         self.tag_headers: Any = None
         """jasmind's tag-header wrappers (:meth:`install_client_manager`), if installed."""
         self.metrics = CreditMetrics(config.decimals)
+        self.lock_file: str | None = None
+        """The launcher's ``--lock-file``: with the host name, it names this gateway's credit
+        leases unless ``charging.lease.gateway`` does (:func:`default_gateway_name`)."""
         if redis is not None:
             self._wire(redis)
 
@@ -231,7 +234,7 @@ class CreditsRuntime:
         AMQP factory ``amqp_broker``, on the channel its ``submit.sm.*`` messages take."""
         if self.store is None or self.charger is None:
             raise RuntimeError("start() the runtime before installing credit leases")
-        from .leasing import LeaseBook
+        from .leasing import LeaseBook, default_gateway_name
         from .settlement import lease_end_marker
 
         lease = self.config.lease
@@ -239,7 +242,9 @@ class CreditsRuntime:
             self.store, self.reactor,
             lambda uid, lease_id: amqp_broker.publish(**lease_end_marker(uid, lease_id)),
             messages=lease.messages, seconds=lease.seconds, idle=lease.idle,
-            grace=self.config.settlement.unqueued_timeout)
+            grace=self.config.settlement.unqueued_timeout,
+            gateway=lease.gateway or default_gateway_name(self.lock_file),
+            ready=lambda: bool(getattr(amqp_broker, "connected", False)))
         book.start()
         self.charger.leases = book
         self.services.append(book)

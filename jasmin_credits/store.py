@@ -170,6 +170,15 @@ def new_ref(now_ms: int) -> str:
     return f"{now_ms}-{secrets.token_hex(6)}"
 
 
+def _lease_members(members: Any) -> list[tuple[str, str]]:
+    """``(uid, lease id)`` pairs of ``"<uid> <lease id>"`` set members."""
+    found = []
+    for member in members or ():
+        uid, _, lease_id = str(member).partition(" ")
+        found.append((uid, lease_id))
+    return found
+
+
 def quote_record(country: str, destination: str, prefix: str, card: str) -> str:
     """What priced a hold, as its reservation keeps it for the credit log."""
     return f"{country}|{destination}|{prefix}|{card}"
@@ -387,15 +396,19 @@ class CreditStore:
     # -- credit leases (jasmin_credits.leasing) ------------------------------------------
 
     async def take_lease(self, uid: str, lease_id: str, credits: int, messages: int, *,
-                         least: int, deadline_ms: int) -> Grant:
+                         least: int, deadline_ms: int, gateway: str | None = None) -> Grant:
         """Carve up to ``credits`` and ``messages`` (room under the message limits) out of
         the wallet of ``uid`` as lease ``lease_id`` (idempotent on it), or nothing when
         less than ``least`` credits or no message fits. The sweeper ends it at
-        ``deadline_ms`` if nobody did before."""
+        ``deadline_ms`` if nobody did before; ``gateway`` names the gateway taking it, in
+        whose set (:meth:`gateway_leases`) it stays until it ends."""
         check_uid(uid)
         now = self.now_ms()
+        keys = [self.keys.wallet(uid), self.keys.lease(uid, lease_id)]
+        if gateway is not None:
+            keys.append(self.keys.gateway_leases(gateway))
         status, got, msgs = await self._run(
-            "lease_take", [self.keys.wallet(uid), self.keys.lease(uid, lease_id)],
+            "lease_take", keys,
             [uid, lease_id, int(credits), int(messages), int(least), now,
              *self.period_ids(now), int(deadline_ms)])
         if status != OK:
@@ -427,13 +440,14 @@ class CreditStore:
 
     async def expired_leases(self, before_ms: int, limit: int = 500) -> list[tuple[str, str]]:
         """``(uid, lease id)`` of leases whose deadline is before ``before_ms``."""
-        members = await self._command("ZRANGEBYSCORE", self.keys.leases, "-inf",
-                                      f"({int(before_ms)}", "LIMIT", 0, int(limit))
-        found = []
-        for member in members:
-            uid, _, lease_id = str(member).partition(" ")
-            found.append((uid, lease_id))
-        return found
+        return _lease_members(await self._command(
+            "ZRANGEBYSCORE", self.keys.leases, "-inf", f"({int(before_ms)}", "LIMIT", 0,
+            int(limit)))
+
+    async def gateway_leases(self, gateway: str) -> list[tuple[str, str]]:
+        """``(uid, lease id)`` of the open leases gateway ``gateway`` took."""
+        return sorted(_lease_members(await self._command(
+            "SMEMBERS", self.keys.gateway_leases(gateway))))
 
     def link(self, uid: str, ref: str, msgid: str, parts: int, *,
              lazy: bool = False) -> Coroutine[Any, Any, Settled]:

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+from .errors import StoreUnavailable
 from .store import CreditStore, created_ms
 
 log = logging.getLogger("jasmin-credits.sweeper")
@@ -102,6 +103,8 @@ class Sweeper:
     async def _safe_sweep(self) -> None:
         try:
             await self.sweep_once()
+        except StoreUnavailable as error:  # expected while Redis restarts: no traceback
+            log.warning("sweep failed (%s); the next run retries", error)
         except Exception:
             log.exception("sweep failed; the next run retries")
 

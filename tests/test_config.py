@@ -61,6 +61,10 @@ def test_defaults_never_use_esme_rsyserr():
         ({"charging": {"lease": {"messages": -1}}},
          "f.yaml: charging.lease.messages: must be a whole number from 0 to 100000"),
         ({"charging": {"lease": {"mesages": 10}}}, "f.yaml: charging.lease.mesages: unknown key"),
+        ({"charging": {"lease": {"gateway": "gw 1"}}},
+         "f.yaml: charging.lease.gateway: must be 1 to 200 printable characters without spaces"),
+        ({"charging": {"lease": {"gateway": 7}}},
+         "f.yaml: charging.lease.gateway: must be a non-empty string, got 7"),
         ({"charging": {"lease": {"messages": 10}}, "settlement": {"link": "queueing"}},
          "f.yaml: charging.lease: credit leases need settlement.link: events"),
         ({"charging": {"mode": "interceptor-pb", "lease": {"messages": 10}}},
@@ -99,6 +103,9 @@ def test_credit_leases_are_off_unless_asked_for():
     lease = parse_config({"charging": {"lease": {"messages": 50, "seconds": 20,
                                                  "idle_seconds": 4}}}, "f.yaml").lease
     assert (lease.messages, lease.seconds, lease.idle) == (50, 20.0, 4.0)
+    assert lease.gateway is None  # the host name and the launcher's lock file
+    named = parse_config({"charging": {"lease": {"gateway": "gw-paris-1"}}}, "f.yaml").lease
+    assert named.gateway == "gw-paris-1"
 
 
 def test_example_config_links_from_events():

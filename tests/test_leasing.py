@@ -6,8 +6,8 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from jasmin_credits.errors import Refusal
-from jasmin_credits.leasing import LeaseBook
+from jasmin_credits.errors import Refusal, StoreUnavailable
+from jasmin_credits.leasing import LeaseBook, default_gateway_name
 from jasmin_credits.settlement import (
     LEASE_END_HEADER,
     TAG_HEADER,
@@ -163,6 +163,25 @@ class LeaseOperationTests(TestCase):
         self.assertEqual((await sweeper.sweep_once()).leases, 1)
         self.assertEqual(await books(self, store), (1000, PRICE, 0))
 
+    async def test_gateway_set_names_its_open_leases_until_they_end(self):
+        """A lease taken for a gateway is in that gateway's set until it ends, whoever ends
+        it (its marker, or the sweeper); a lease without a gateway is in no set."""
+        clock, store = await setup(self)
+        first, second, anonymous = lease_id(store), lease_id(store) + "b", lease_id(store) + "c"
+        for lid, gateway in ((first, "gw-a"), (second, "gw-a"), (anonymous, None)):
+            await store.take_lease(UID, lid, 100, 10, least=PRICE, gateway=gateway,
+                                   deadline_ms=store.now_ms() + 60_000)
+        self.assertEqual(await store.gateway_leases("gw-a"),
+                         sorted([(UID, first), (UID, second)]))
+        self.assertEqual(await store.gateway_leases("gw-b"), [])
+        await store.end_lease(UID, first)
+        self.assertEqual(await store.gateway_leases("gw-a"), [(UID, second)])
+        clock.advance(61)
+        sweeper = Sweeper(store, clock=clock, unqueued_timeout=600, unanswered_timeout=86_400)
+        self.assertEqual((await sweeper.sweep_once()).leases, 2)
+        self.assertEqual(await store.gateway_leases("gw-a"), [])
+        self.assertEqual(await books(self, store), (1000, 0, 0))
+
 
 class Published:
     """Records lease end markers (jasmind's AMQP publish)."""
@@ -281,6 +300,71 @@ class LeaseBookTests(TestCase):
         periods, lease = await self.leased(store, book)
         await book.stop()
         self.assertEqual(published.ends, [(UID, lease.id)])
+
+
+class PredecessorLeaseTests(TestCase):
+    """A gateway that died left leases open; started again under the same name, it ends
+    them (with markers behind what it queued), not its own, nor another gateway's."""
+
+    async def test_restarted_gateway_ends_what_its_previous_run_left(self):
+        clock, store = await setup(self)
+        dead = LeaseBook(store, clock, Published(), messages=4, gateway="gw-a")
+        other = LeaseBook(store, clock, Published(), messages=4, gateway="gw-b")
+        for book in (dead, other):
+            book.ask(UID, PRICE)
+            await book.requests()
+        [left] = dead.open()  # dead: never stopped, no marker
+        [kept] = other.open()
+
+        up = [False]
+        published = Published()
+        restarted = LeaseBook(store, clock, published, messages=4, gateway="gw-a",
+                              ready=lambda: up[0])
+        restarted.ask(UID, PRICE)  # its own lease, taken before it could publish markers
+        await restarted.requests()
+        [own] = restarted.open()
+        restarted.tick()
+        self.assertEqual(published.ends, [])  # not before jasmind's channel is ready
+        up[0] = True
+        restarted.tick()
+        self.assertEqual(await restarted.predecessors, 1)
+        self.assertEqual(published.ends, [(UID, left.id)])
+        # settlement reads the marker behind the dead run's messages, and ends the lease
+        await Settlement(store).submit_sm(b"", lease_end_marker(UID, left.id)["content"]
+                                          .properties)
+        self.assertEqual(await store.gateway_leases("gw-a"), [(UID, own.id)])
+        self.assertEqual(await store.gateway_leases("gw-b"), [(UID, kept.id)])
+        restarted.tick()  # once is enough
+        self.assertEqual(published.ends, [(UID, left.id)])
+
+    async def test_redis_down_at_start_is_retried_on_the_next_tick(self):
+        clock, store = await setup(self)
+        dead = LeaseBook(store, clock, Published(), messages=4, gateway="gw-a")
+        dead.ask(UID, PRICE)
+        await dead.requests()
+        [left] = dead.open()
+        published = Published()
+        restarted = LeaseBook(store, clock, published, messages=4, gateway="gw-a")
+        real = store.gateway_leases
+
+        async def unavailable(gateway):
+            raise StoreUnavailable("Redis connection failed")
+
+        store.gateway_leases = unavailable
+        with self.assertLogs("jasmin-credits", "INFO") as logged:
+            restarted.tick()
+        self.assertIn("retrying", logged.output[0])
+        self.assertFalse(restarted.predecessors.called)
+        store.gateway_leases = real
+        restarted.tick()
+        self.assertEqual(await restarted.predecessors, 1)
+        self.assertEqual(published.ends, [(UID, left.id)])
+
+    def test_default_gateway_name_is_host_and_lock_file(self):
+        name = default_gateway_name("/var/run/jasmind 2")
+        self.assertTrue(name.endswith(":/var/run/jasmind_2"), name)
+        self.assertEqual(name, default_gateway_name("/var/run/jasmind 2"))
+        self.assertNotEqual(name, default_gateway_name("/tmp/other"))
 
 
 def submit_sm_properties(header: str, msgid: str = "m1") -> dict:

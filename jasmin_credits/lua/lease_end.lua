@@ -6,11 +6,14 @@
 -- repeat), 31 no wallet (removed; the lease is dropped).
 local uid = ARGV[1]
 redis.call('ZREM', LEASES, uid .. ' ' .. ARGV[2])
-local l = redis.call('HMGET', KEYS[2], 'left', 'msgs_left')
+local l = redis.call('HMGET', KEYS[2], 'left', 'msgs_left', 'gateway')
 if not l[1] then
   return {30, 0}
 end
 redis.call('DEL', KEYS[2])
+if l[3] then
+  redis.call('SREM', l[3], uid .. ' ' .. ARGV[2])
+end
 local w = redis.call('HMGET', KEYS[1], 'balance', 'reserved', 'leased', 'leased_msgs',
   'low_balance', 'low_armed')
 if not w[1] then

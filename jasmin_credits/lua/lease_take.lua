@@ -4,7 +4,8 @@
 -- 'leased', which says how much of 'reserved' leases hold) until settlement turns each of
 -- its messages into a reservation (lease_hold) and the gateway's end marker, or the
 -- sweeper at its deadline, gives the rest back (lease_end).
--- KEYS[1] wallet, KEYS[2] lease (LEASES: the global set of open leases by deadline)
+-- KEYS[1] wallet, KEYS[2] lease, KEYS[3] (optional) the set of the gateway's leases (LEASES:
+-- the global set of open leases by deadline)
 -- ARGV[1] uid, ARGV[2] lease id, ARGV[3] credits wanted, ARGV[4] messages wanted,
 -- ARGV[5] least credits worth a lease, ARGV[6] now (ms), ARGV[7..9] day/week/month ids,
 -- ARGV[10] deadline (ms)
@@ -50,4 +51,10 @@ redis.call('HSET', KEYS[1], 'reserved', s(reserved + credits), 'leased', s(lease
 redis.call('HSET', KEYS[2], 'uid', ARGV[1], 'credits', s(credits), 'msgs', s(msgs),
   'left', s(credits), 'msgs_left', s(msgs), 'taken', ARGV[6])
 redis.call('ZADD', LEASES, ARGV[10], ARGV[1] .. ' ' .. ARGV[2])
+if KEYS[3] then
+  -- The gateway's restarted successor ends its leases at start (jasmin_credits.leasing);
+  -- the lease names the set, so that its end takes it out (lease_end.lua).
+  redis.call('SADD', KEYS[3], ARGV[1] .. ' ' .. ARGV[2])
+  redis.call('HSET', KEYS[2], 'gateway', KEYS[3])
+end
 return {0, credits, msgs}

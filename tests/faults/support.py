@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,14 +321,17 @@ def summary(result: LoadResult, books_now: Ledger) -> dict[str, int]:
     }
 
 
-def restart_under_load(gateway: LocalGateway, child: str, group: bool = True) -> LoadResult:
+def restart_under_load(gateway: LocalGateway, child: str, group: bool = True,
+                       before_kill: Callable[[], Any] | None = None) -> LoadResult:
     """SMPP load; after 300 answers ``child`` is killed (SIGKILL; to its whole process group
-    if ``group``) and started again; the load goes on until 300 more messages were answered
-    after it was accepted again."""
+    if ``group``; ``before_kill()`` called just before) and started again; the load goes on
+    until 300 more messages were answered after it was accepted again."""
     load = Load(gateway)
     load.start()
     try:
         load.wait_sent(300)
+        if before_kill is not None:
+            before_kill()
         gateway.restart_child(child, kill=True, group=group)
         if child == "jasmind":
             gateway.wait_connector_bound("smsc")
@@ -341,12 +344,13 @@ def restart_under_load(gateway: LocalGateway, child: str, group: bool = True) ->
     return result
 
 
-def killed_and_restarted(gateway: LocalGateway, child: str,
-                         group: bool = True) -> tuple[LoadResult, dict]:
+def killed_and_restarted(gateway: LocalGateway, child: str, group: bool = True,
+                         before_kill: Callable[[], Any] | None = None
+                         ) -> tuple[LoadResult, dict]:
     """:func:`restart_under_load` on ``child``, then the books checked (a kill can lose
     queued messages, so not every ESME_ROK must reach the SMSC); the load and its counts."""
     start = Books(gateway).wallet("alice").balance
-    result = restart_under_load(gateway, child, group)
+    result = restart_under_load(gateway, child, group, before_kill)
     books = Books(gateway)
     counts = summary(result, check_books(gateway, books, result, start, told_ok_all_sent=False))
     print(f"{child} restart:", counts)
