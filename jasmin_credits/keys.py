@@ -145,6 +145,11 @@ class Keys:
         successor (the same gateway restarted) ends them at start."""
         return f"{self.prefix}:gateway:{gateway}:leases"
 
+    def gateway_claim(self, gateway: str) -> str:
+        """The instance id of the running process that holds the gateway name ``gateway``
+        (expires unless kept: see ``lua/gateway_name.lua``)."""
+        return f"{self.prefix}:gateway:{gateway}:claim"
+
     def message(self, msgid: str) -> str:
         """Link from a Jasmin message id to ``uid ref parts`` (written at queueing)."""
         return f"{self.prefix}:msg:{msgid}"

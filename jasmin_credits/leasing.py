@@ -16,7 +16,8 @@ Nothing is lost or charged twice:
   every message held against it; settlement, reading it after them, gives back what the
   lease did not hold (``lua/lease_end.lua``). A gateway that dies publishes no marker:
   started again, it publishes the markers of the leases its previous run left (Redis keeps
-  a set of them per gateway name), behind whatever that run queued; a gateway that does
+  a set of them per gateway name, and one running gateway per name:
+  :mod:`jasmin_credits.gatewayname`), behind whatever that run queued; a gateway that does
   not come back has its leases ended by the sweeper at their deadline (``seconds`` +
   ``settlement.unqueued_timeout``).
 - A message whose lease ended first (its event requeued after a Redis failure, read after
@@ -43,6 +44,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from .errors import StoreUnavailable
+from .gatewayname import GatewayName
 from .store import CreditStore, new_ref
 
 log = logging.getLogger("jasmin-credits")
@@ -77,8 +79,10 @@ class LeaseBook:
     waits that long, so messages still between charging and queueing go before it.
 
     ``gateway`` names this gateway's leases in Redis (None: not named, left to the sweeper
-    if the process dies): once ``ready()`` says markers can be published, the book ends the
-    leases an earlier run of the same gateway left open.
+    if the process dies). The book takes leases only while it holds that name
+    (:class:`~jasmin_credits.gatewayname.GatewayName`: one running gateway per name), and
+    once ``ready()`` says markers can be published, it ends the leases an earlier run of the
+    same gateway left open.
     """
 
     def __init__(self, store: CreditStore, clock: IReactorTime,
@@ -101,12 +105,13 @@ class LeaseBook:
         self._asking: dict[str, Deferred] = {}
         self._quiet_until: dict[str, float] = {}
         self.gateway = gateway
+        self.name = GatewayName(store, gateway, clock) if gateway is not None else None
         self.ready = ready
         self._own: set[str] = set()
         """Ids of the leases this book asked for before it ended its predecessor's."""
         self.predecessors: Deferred = Deferred() if gateway is not None else succeed(0)
         """Fires with the number of leases of an earlier run this book ended."""
-        self._reading_predecessors = False
+        self._keeping = False
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
 
@@ -155,7 +160,8 @@ class LeaseBook:
 
     def _ask(self, uid: str, amount: int, now: float) -> None:
         if (uid in self._asking or self._quiet_until.get(uid, 0.0) > now
-                or len(self._leases.get(uid, ())) > 1):
+                or len(self._leases.get(uid, ())) > 1
+                or (self.name is not None and not self.name.held)):
             return
         asking = Deferred.fromCoroutine(self._take(uid, amount))
         asking.addErrback(
@@ -220,11 +226,25 @@ class LeaseBook:
             if lease.until <= now or now - lease.used_at >= self.idle:
                 self._retire(lease)
         self._quiet_until = {u: t for u, t in self._quiet_until.items() if t > now}
-        if not self.predecessors.called and not self._reading_predecessors and self.ready():
-            self._reading_predecessors = True
-            Deferred.fromCoroutine(self._end_predecessors()).addErrback(
-                lambda f: log.error("ending an earlier run's leases failed: %s",
-                                    f.getTraceback()))
+        if self.name is not None and not self._keeping:
+            Deferred.fromCoroutine(self.keep_name()).addErrback(
+                lambda f: log.error("keeping the gateway name failed: %s", f.getTraceback()))
+
+    async def keep_name(self) -> None:
+        """Claim or renew this gateway's name (every tick); once it is held and markers can
+        be published, end the leases an earlier run left. Without the name, hold nothing
+        on leases: the process that holds it may end them."""
+        if self.name is None or self._keeping:
+            return
+        self._keeping = True
+        try:
+            if not await self.name.keep():
+                for lease in self.open():
+                    self._retire(lease)
+            elif not self.predecessors.called and self.ready():
+                await self._end_predecessors()
+        finally:
+            self._keeping = False
 
     async def _end_predecessors(self) -> None:
         """Publish the end markers of the leases an earlier run of this gateway left open
@@ -235,8 +255,6 @@ class LeaseBook:
         except StoreUnavailable as error:
             log.info("cannot read the credit leases a previous run left (%s): retrying", error)
             return
-        finally:
-            self._reading_predecessors = False
         ended = [(uid, lease_id) for uid, lease_id in left if lease_id not in self._own]
         for uid, lease_id in ended:
             self._publish_end(uid, lease_id)
@@ -253,16 +271,20 @@ class LeaseBook:
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self, interval: float = 1.0) -> None:
-        self._loop.start(interval, now=False)
+        """Tick every ``interval`` seconds, the first time now (it claims the name)."""
+        self._loop.start(interval, now=True)
 
     def stop(self) -> Deferred:
-        """End every lease at once (jasmind is stopping: nothing more is queued)."""
+        """End every lease at once (jasmind is stopping: nothing more is queued), then give
+        the gateway name up."""
         if self._loop.running:
             self._loop.stop()
         for lease in self.open():
             self._publish_end(lease.uid, lease.id)
         self._leases.clear()
-        return succeed(None)
+        if self.name is None:
+            return succeed(None)
+        return Deferred.fromCoroutine(self.name.release())
 
 
 def default_gateway_name(lock_file: str | None) -> str:

@@ -444,6 +444,14 @@ class CreditStore:
             "ZRANGEBYSCORE", self.keys.leases, "-inf", f"({int(before_ms)}", "LIMIT", 0,
             int(limit)))
 
+    async def claim_gateway(self, gateway: str, instance: str, ttl_ms: int) -> str | None:
+        """Claim (or keep) the gateway name ``gateway`` for process ``instance`` for
+        ``ttl_ms``; ``ttl_ms`` 0 gives it up. Answers None when this process holds it (or
+        gave it up), else the instance id of the running process that holds it."""
+        status, holder = await self._run("gateway_name", [self.keys.gateway_claim(gateway)],
+                                         [instance, int(ttl_ms)])
+        return None if status == OK else str(holder)
+
     async def gateway_leases(self, gateway: str) -> list[tuple[str, str]]:
         """``(uid, lease id)`` of the open leases gateway ``gateway`` took."""
         return sorted(_lease_members(await self._command(

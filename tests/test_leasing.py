@@ -302,14 +302,27 @@ class LeaseBookTests(TestCase):
         self.assertEqual(published.ends, [(UID, lease.id)])
 
 
+async def named_book(store, clock, gateway, published=None, **kw):
+    """A lease book holding the gateway name ``gateway`` (claimed in Redis)."""
+    book = LeaseBook(store, clock, published or Published(), messages=4, gateway=gateway,
+                     **kw)
+    await book.keep_name()
+    return book
+
+
+async def claim_expired(store, gateway):
+    """What Redis does ``ttl`` after the process holding ``gateway`` died."""
+    await store._command("DEL", store.keys.gateway_claim(gateway))
+
+
 class PredecessorLeaseTests(TestCase):
     """A gateway that died left leases open; started again under the same name, it ends
     them (with markers behind what it queued), not its own, nor another gateway's."""
 
     async def test_restarted_gateway_ends_what_its_previous_run_left(self):
         clock, store = await setup(self)
-        dead = LeaseBook(store, clock, Published(), messages=4, gateway="gw-a")
-        other = LeaseBook(store, clock, Published(), messages=4, gateway="gw-b")
+        dead = await named_book(store, clock, "gw-a")
+        other = await named_book(store, clock, "gw-b")
         for book in (dead, other):
             book.ask(UID, PRICE)
             await book.requests()
@@ -318,15 +331,20 @@ class PredecessorLeaseTests(TestCase):
 
         up = [False]
         published = Published()
-        restarted = LeaseBook(store, clock, published, messages=4, gateway="gw-a",
-                              ready=lambda: up[0])
+        restarted = await named_book(store, clock, "gw-a", published, ready=lambda: up[0])
+        self.assertFalse(restarted.name.held)  # the dead run's claim lives on for a while
+        restarted.ask(UID, PRICE)
+        await restarted.requests()
+        self.assertEqual(restarted.open(), [])  # no lease without the name
+        await claim_expired(store, "gw-a")
+        await restarted.keep_name()
+        self.assertTrue(restarted.name.held)
         restarted.ask(UID, PRICE)  # its own lease, taken before it could publish markers
         await restarted.requests()
         [own] = restarted.open()
-        restarted.tick()
         self.assertEqual(published.ends, [])  # not before jasmind's channel is ready
         up[0] = True
-        restarted.tick()
+        await restarted.keep_name()
         self.assertEqual(await restarted.predecessors, 1)
         self.assertEqual(published.ends, [(UID, left.id)])
         # settlement reads the marker behind the dead run's messages, and ends the lease
@@ -334,15 +352,16 @@ class PredecessorLeaseTests(TestCase):
                                           .properties)
         self.assertEqual(await store.gateway_leases("gw-a"), [(UID, own.id)])
         self.assertEqual(await store.gateway_leases("gw-b"), [(UID, kept.id)])
-        restarted.tick()  # once is enough
+        await restarted.keep_name()  # once is enough
         self.assertEqual(published.ends, [(UID, left.id)])
 
     async def test_redis_down_at_start_is_retried_on_the_next_tick(self):
         clock, store = await setup(self)
-        dead = LeaseBook(store, clock, Published(), messages=4, gateway="gw-a")
+        dead = await named_book(store, clock, "gw-a")
         dead.ask(UID, PRICE)
         await dead.requests()
         [left] = dead.open()
+        await claim_expired(store, "gw-a")
         published = Published()
         restarted = LeaseBook(store, clock, published, messages=4, gateway="gw-a")
         real = store.gateway_leases
@@ -352,11 +371,11 @@ class PredecessorLeaseTests(TestCase):
 
         store.gateway_leases = unavailable
         with self.assertLogs("jasmin-credits", "INFO") as logged:
-            restarted.tick()
+            await restarted.keep_name()
         self.assertIn("retrying", logged.output[0])
         self.assertFalse(restarted.predecessors.called)
         store.gateway_leases = real
-        restarted.tick()
+        restarted.tick()  # the timer's path
         self.assertEqual(await restarted.predecessors, 1)
         self.assertEqual(published.ends, [(UID, left.id)])
 
@@ -365,6 +384,67 @@ class PredecessorLeaseTests(TestCase):
         self.assertTrue(name.endswith(":/var/run/jasmind_2"), name)
         self.assertEqual(name, default_gateway_name("/var/run/jasmind 2"))
         self.assertNotEqual(name, default_gateway_name("/tmp/other"))
+
+
+class GatewayNameTests(TestCase):
+    """One running gateway per name: a second one under the same name takes no lease (it
+    would end the first's live leases at its start) and says why."""
+
+    async def test_second_gateway_under_one_name_takes_no_lease_and_says_so(self):
+        clock, store = await setup(self)
+        first = await named_book(store, clock, "gw-a")
+        first.ask(UID, PRICE)
+        await first.requests()
+        [lease] = first.open()
+        second = await named_book(store, clock, "gw-a")
+        self.assertEqual((first.name.held, second.name.held), (True, False))
+        second.ask(UID, PRICE)
+        await second.requests()
+        self.assertEqual(second.open(), [])
+        self.assertFalse(second.predecessors.called)  # the first's leases are untouched
+        clock.advance(second.name.ttl - 1)
+        await first.keep_name()  # the first renews its claim: it is alive
+        await second.keep_name()  # refused for less than a claim's life: maybe a dead run
+        clock.advance(1)
+        with self.assertLogs("jasmin-credits", "ERROR") as logged:
+            await second.keep_name()
+        self.assertIn("gw-a is in use by another running gateway", logged.output[0])
+        self.assertIn("charging.lease.gateway", logged.output[0])
+        self.assertEqual(first.open(), [lease])
+        self.assertEqual(await store.gateway_leases("gw-a"), [(UID, lease.id)])
+        await first.stop()  # a clean stop gives the name up
+        with self.assertLogs("jasmin-credits", "WARNING") as logged:
+            await second.keep_name()
+        self.assertIn("free again", logged.output[0])
+        self.assertTrue(second.name.held)
+
+    async def test_name_lost_while_stalled_ends_the_leases_held_on_it(self):
+        clock, store = await setup(self)
+        published = Published()
+        stalled = await named_book(store, clock, "gw-a", published)
+        stalled.ask(UID, PRICE)
+        await stalled.requests()
+        [lease] = stalled.open()
+        await claim_expired(store, "gw-a")  # it stalled past its claim's life...
+        await named_book(store, clock, "gw-a")  # ...and another took the name
+        with self.assertLogs("jasmin-credits", "ERROR") as logged:
+            await stalled.keep_name()
+        self.assertIn("taken over", logged.output[0])
+        self.assertEqual(stalled.open(), [])
+        periods = store.period_ids(store.now_ms())
+        self.assertIsNone(stalled.hold(UID, PRICE, periods))
+        clock.advance(stalled.end_delay)
+        self.assertEqual(published.ends, [(UID, lease.id)])
+
+    async def test_claim_expires_and_is_given_up_only_by_its_holder(self):
+        _, store = await setup(self)
+        self.assertIsNone(await store.claim_gateway("gw-a", "one", 10_000))
+        self.assertEqual(await store.claim_gateway("gw-a", "two", 10_000), "one")
+        self.assertEqual(await store.claim_gateway("gw-a", "two", 0), "one")  # not its own
+        ttl = await store._command("PTTL", store.keys.gateway_claim("gw-a"))
+        self.assertTrue(9_000 < ttl <= 10_000, ttl)
+        self.assertIsNone(await store.claim_gateway("gw-a", "one", 0))
+        self.assertIsNone(await store.claim_gateway("gw-a", "two", 10_000))
 
 
 def submit_sm_properties(header: str, msgid: str = "m1") -> dict:
