@@ -285,7 +285,8 @@ def check_books(gateway: LocalGateway | list[LocalGateway], books: Books, result
         if dest in books_now.smsc_ok and dest in sent_uncharged_ok and not charged:
             pass  # answer lost with the fault: refunded by policy
         elif dest in books_now.smsc_ok:
-            assert charged == price(dest), (dest, sent, charged)
+            assert charged == price(dest), (dest, sent, charged,
+                                            post_mortem(gateway, books, dest, sent.msgid))
             assert books_now.charge_entries[dest] == 1, (dest, books_now.charge_entries[dest])
             if sent.status == ESME_ROK:
                 assert books_now.charge_msgids[dest] == sent.msgid, sent
@@ -303,6 +304,35 @@ def check_books(gateway: LocalGateway | list[LocalGateway], books: Books, result
     assert wallet.balance == start - total, (wallet.balance, start, total)
     books.assert_log_sums("alice")
     return books_now
+
+
+def post_mortem(gateway: LocalGateway | list[LocalGateway], books: Books, dest: str,
+                msgid: str | None) -> dict[str, Any]:
+    """What Redis and the gateways' logs say about the message to ``dest``, for a failed
+    check's message (CI keeps nothing else): its reservations, credit log and events
+    entries, the link of the message id the client was told, and every warning or error
+    the gateways logged."""
+    client = books.store.redis.client
+    keys = books.store.keys
+    holds = {}
+    for key in client.scan_iter(match=keys.reservation("alice", "*"), count=1000):
+        record = client.hgetall(key)
+        if f"|{dest}|" in record.get("quote", ""):
+            holds[key] = record
+    refs = {key.rsplit(":", 1)[1] for key in holds}
+    events, _ = books.run(books.store.events("alice", count=10_000))
+    found = {
+        "reservations": holds,
+        "log": [(e.type, e.fields) for e in books.log("alice") if e.fields.get("dest") == dest],
+        "events": [(e.type, e.fields) for e in events if e.fields.get("ref") in refs],
+        "link": client.get(keys.message(msgid)) if msgid else None,
+    }
+    for gw in gateway if isinstance(gateway, list) else [gateway]:
+        log_file = gw.rundir / "log" / "jasmind.out"
+        lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
+        found[str(log_file)] = [line for line in lines
+                                if " WARNING " in line or " ERROR " in line][-40:]
+    return found
 
 
 def summary(result: LoadResult, books_now: Ledger) -> dict[str, int]:

@@ -14,6 +14,8 @@ from tests.faults.support import (
     Load,
     check_books,
     credits_gateway,
+    key,
+    post_mortem,
     settlement,
     summary,
 )
@@ -54,3 +56,9 @@ def test_settlement_child_killed_under_load(lease):
         assert set(result.statuses()) == {ESME_ROK}, result.statuses()
         assert len(result.sent) >= killed_at + 300
         assert counts["told_ok"] == counts["smsc_ok"] == counts["charged"]
+        # the trail a failed check prints (post_mortem), checked on a message charged once
+        sent = result.sent[0]
+        trail = post_mortem(gateway, books, key(sent.destination), sent.msgid)
+        assert [kind for kind, _ in trail["log"]] == ["charge"], trail
+        [hold] = trail["reservations"].values()
+        assert hold["committed"] == "1" and trail["link"].startswith("alice "), trail
