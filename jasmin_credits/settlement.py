@@ -640,7 +640,12 @@ class SettlementConsumer:
 
     Acks after the handler returned; on :class:`StoreUnavailable` rejects with requeue after
     ``requeue_delay`` seconds (the message stays unacked meanwhile, so ``prefetch`` also
-    bounds the retry rate); on anything else logs and acks. Up to ``prefetch`` messages per
+    bounds the retry rate). An event the handler cannot read is logged and acked (the
+    handler's ``MALFORMED``). Any other error (a bug, or a failure of Redis that does not
+    look like one) is logged with its traceback and requeued the same way, up to
+    ``attempts`` times in all: money is at stake, so a passing fault must not lose the
+    event; past that, it is dropped with an error that names it, so that one event that
+    always fails cannot hold a slot of ``prefetch`` forever. Up to ``prefetch`` messages per
     queue are handled concurrently. Reconnects by itself (see :class:`AmqpConnection`).
     """
 
@@ -652,6 +657,7 @@ class SettlementConsumer:
         queues: QueueNames | None = None,
         prefetch: int = 50,
         requeue_delay: float = 5.0,
+        attempts: int = 5,
         events: Iterable[str] = ALL_EVENTS,
         reactor: IReactorTCP | None = None,
         clock: IReactorTime | None = None,
@@ -661,6 +667,10 @@ class SettlementConsumer:
         self.events = frozenset(events)
         self.prefetch = prefetch
         self.requeue_delay = requeue_delay
+        self.attempts = attempts
+        self._failed: dict[tuple[str, str], int] = {}
+        """Failed attempts of events that raised an unexpected error, by (routing key,
+        message id), until they settle or are dropped."""
         self.connection = AmqpConnection(amqp, self._on_ready, reactor=reactor, clock=clock)
         self.clock = self.connection.clock
         self._inflight: set[Deferred] = set()
@@ -668,7 +678,8 @@ class SettlementConsumer:
         self._stopping = False
         self._started = False
         self.handled: dict[Outcome | str, int] = {}
-        """Counts of handled events by outcome, plus ``requeued`` (for metrics and tests)."""
+        """Counts of handled events by outcome, plus ``requeued`` (store unavailable),
+        ``retried`` (an unexpected error, requeued) and ``dropped`` (for metrics and tests)."""
 
     def _routes(self) -> tuple[list[Route], list[Route]]:
         """The queues to consume, and those to retire: ``(queue, routing keys, handler)``."""
@@ -747,25 +758,49 @@ class SettlementConsumer:
 
     async def _process(self, channel: Any, message: Any, handler: Handler) -> None:
         content = message.content
+        properties = content.properties or {}
         try:
-            outcome = await handler(content.body, content.properties or {})
+            outcome = await handler(content.body, properties)
         except StoreUnavailable as error:
             log.warning("credit store unavailable (%s): %s requeued in %ss", error,
                         message.routing_key, self.requeue_delay)
             self._count("requeued")
-            timer = self.clock.callLater(self.requeue_delay, self._reject, channel,
-                                         message.delivery_tag)
-            self._timers.add(timer)
+            self._requeue_later(channel, message)
             return
         except Exception:
-            log.exception("cannot settle %s %r: dropped", message.routing_key,
-                          (content.properties or {}).get("message-id"))
-            outcome = Outcome.MALFORMED
+            if self._retry_failed(message, properties):
+                self._requeue_later(channel, message)
+                return
+            outcome = "dropped"
+        if self._failed:
+            self._failed.pop((message.routing_key, str(properties.get("message-id"))), None)
         self._count(outcome)
         try:
             channel.client.ack(channel, message.delivery_tag)  # amqp.ConsumerClient
         except Exception as error:  # noqa: BLE001 - the broker redelivers; idempotent
             log.info("ack failed (%s): the event will be redelivered", error)
+
+    def _requeue_later(self, channel: Any, message: Any) -> None:
+        timer = self.clock.callLater(self.requeue_delay, self._reject, channel,
+                                     message.delivery_tag)
+        self._timers.add(timer)
+
+    def _retry_failed(self, message: Any, properties: Mapping[str, Any]) -> bool:
+        """Log an unexpected error of the handler (from its ``except``); whether to requeue
+        the event (True) or drop it (it failed ``attempts`` times)."""
+        key = (message.routing_key, str(properties.get("message-id")))
+        failed = self._failed.pop(key, 0) + 1
+        if failed < self.attempts:
+            if len(self._failed) >= 10_000:  # bounded: forgetting only adds attempts
+                self._failed.clear()
+            self._failed[key] = failed
+            log.exception("cannot settle %s %s (attempt %d of %d): requeued in %ss",
+                          key[0], key[1], failed, self.attempts, self.requeue_delay)
+            self._count("retried")
+            return True
+        log.exception("cannot settle %s %s after %d attempts: dropped (headers %r)", key[0],
+                      key[1], failed, _headers(properties))
+        return False
 
     def _reject(self, channel: Any, delivery_tag: Any) -> None:
         self._timers = {t for t in self._timers if t.active()}

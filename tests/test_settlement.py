@@ -404,6 +404,17 @@ class FlakyStore:
         return await self._store.settle_message(*args, **kwargs)
 
 
+class BuggyStore(FlakyStore):
+    """Its first ``failures`` settle_message calls raise an unexpected error (a bug, or a
+    Redis failure that does not look like one)."""
+
+    async def settle_message(self, *args, **kwargs):
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("injected bug")
+        return await self._store.settle_message(*args, **kwargs)
+
+
 @pytest.mark.usefixtures("rabbitmq")
 class ConsumerTests(TestCase):
     timeout = 180
@@ -626,6 +637,43 @@ class ConsumerTests(TestCase):
         await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="charge after retry")
         self.assertEqual(consumer.handled.get("requeued"), 2)
         self.assertEqual(len(await charges(store)), 1)
+
+    async def test_unexpected_error_is_retried_then_settles(self):
+        """An event whose handler raises something unexpected is not lost: it is requeued
+        like one that met an unavailable store, and settles once the fault has passed."""
+        store = await funded(self)
+        consumer = await self.consumer(Settlement(BuggyStore(store, failures=2)),
+                                       requeue_delay=0.2)
+        conn = await self.publisher()
+        with self.assertLogs("jasmin-credits.settlement", "ERROR") as logged:
+            await self.send(conn, store, await hold(store))
+            await eventually(self.settled_to(store, (1000 - PRICE, 0)), what="charged")
+        self.assertIn("(attempt 1 of 5): requeued", logged.output[0])
+        self.assertIn("RuntimeError: injected bug", logged.output[0])  # the traceback
+        self.assertEqual((consumer.handled.get("retried"), consumer.handled.get("dropped")),
+                         (2, None))
+        self.assertEqual(len(await charges(store)), 1)
+
+    async def test_event_failing_every_attempt_is_dropped_with_an_error(self):
+        """One event that always fails does not hold a prefetch slot forever: after
+        ``attempts`` it is acked, with an error naming it; the next events settle."""
+        store = await funded(self)
+        buggy = BuggyStore(store, failures=3)
+        names = self.queue_names("x")
+        consumer = await self.consumer(Settlement(buggy), names, requeue_delay=0.2, attempts=3)
+        conn = await self.publisher()
+        ref = await hold(store)
+        with self.assertLogs("jasmin-credits.settlement", "ERROR") as logged:
+            await self.send(conn, store, ref)
+            await eventually(lambda: _true(consumer.handled.get("dropped") == 1),
+                             what="dropped after 3 attempts")
+        self.assertEqual(consumer.handled.get("retried"), 2)
+        self.assertIn("after 3 attempts: dropped", logged.output[-1])
+        self.assertEqual((await store.wallet(UID)).reserved, PRICE)  # left to the sweeper
+        await self.send(conn, store, await hold(store))  # the fault has passed
+        await eventually(self.settled_to(store, (1000 - PRICE, PRICE)), what="next charged")
+        for queue in (names.submit_sm, names.submit_sm_resp):
+            self.assertEqual(await self.message_count(queue), 0, queue)
 
     async def test_consumer_survives_broker_restart(self):
         """After RabbitMQ restarts the consumer reconnects, rebinds and settles new events."""
