@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
@@ -306,6 +306,9 @@ class Outcome(Enum):
     """The message cannot be read; logged."""
 
 
+_T = TypeVar("_T")
+
+
 class Malformed(ValueError):
     """An event is not shaped like the ones Jasmin publishes."""
 
@@ -314,6 +317,31 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
     return str(value)
+
+
+def _reading(read: Callable[..., _T], *args: Any) -> _T:
+    """``read(*args)``, a step that reads an event: what it raises about the event's shape
+    is :class:`Malformed` (the event is dropped), unlike an error of the store calls that
+    follow (the event is retried)."""
+    try:
+        return read(*args)
+    except Malformed:
+        raise
+    except (ValueError, TypeError, KeyError, UnicodeError) as error:
+        raise Malformed(str(error)) from None
+
+
+def _lease_end_value(value: Any) -> tuple[str, str]:
+    """``(uid, lease id)`` of a lease end marker's header."""
+    uid, _, lease_id = _text(value).partition(" ")
+    check_uid(uid)
+    created_ms(lease_id)
+    return uid, lease_id
+
+
+def _body_tag(body: bytes) -> dict[str, Any] | None:
+    """The tag of the SubmitSM pickled in a ``submit.sm.*`` body (stock jasmind)."""
+    return read_tag(load_submit_sm(body))
 
 
 def _message_id(properties: Mapping[str, Any]) -> str:
@@ -434,9 +462,12 @@ class Settlement:
         return Outcome.IGNORED
 
     async def _guard(self, what: str, coro: Awaitable[Outcome]) -> Outcome:
+        """Drop an event that cannot be read (:class:`Malformed`: raised while reading it,
+        :func:`_reading`); anything raised after that, by the store, goes to the caller,
+        which retries it."""
         try:
             return await coro
-        except (Malformed, ValueError, TypeError, KeyError, UnicodeError) as error:
+        except Malformed as error:
             log.error("malformed %s event dropped: %s", what, error)
             return Outcome.MALFORMED
 
@@ -449,21 +480,17 @@ class Settlement:
     async def _submit_sm(self, body: bytes, properties: Mapping[str, Any]) -> Outcome:
         ended = _headers(properties).get(LEASE_END_HEADER)
         if ended is not None:
-            return await self._lease_end(_text(ended))
+            # A gateway's lease end marker: every message of the lease was read before it.
+            uid, lease_id = _reading(_lease_end_value, ended)
+            await self.store.end_lease(uid, lease_id, lazy=True)
+            return Outcome.SETTLED
         msgid = _message_id(properties)
-        tag = header_tag(properties)  # our launcher's jasmind repeats the tag there
+        tag = _reading(header_tag, properties)  # our launcher's jasmind repeats the tag there
         if tag is not None:
             self.tags_from_headers += 1
-            return await link_tag(self.store, msgid, tag)
-        return await link_tagged(self.store, msgid, load_submit_sm(body))
-
-    async def _lease_end(self, value: str) -> Outcome:
-        """A gateway's lease end marker: every message of the lease was read before it."""
-        uid, _, lease_id = value.partition(" ")
-        check_uid(uid)
-        created_ms(lease_id)
-        await self.store.end_lease(uid, lease_id, lazy=True)
-        return Outcome.SETTLED
+        else:
+            tag = _reading(_body_tag, body)
+        return await link_tag(self.store, msgid, tag)
 
     # dlr.submit_sm_resp
 

@@ -350,6 +350,24 @@ class HandlerTests(TestCase):
         self.assertEqual(await settlement.submit_sm(pickle.dumps(bad_tag), props),
                          Outcome.MALFORMED)
 
+    async def test_store_error_is_not_taken_for_a_malformed_event(self):
+        """A ValueError from the store (an unexpected reply), after the event was read, is
+        raised to the consumer, which retries it; only errors reading the event drop it."""
+        store = await funded(self)
+
+        class OddReplies:
+            def __getattr__(self, name):
+                return getattr(store, name)
+
+            async def link(self, *args, **kwargs):
+                raise ValueError("too many values to unpack (expected 5)")
+
+        settlement = Settlement(OddReplies())
+        with self.assertRaises(ValueError):
+            await settlement.submit_sm(*wire(submit_sm(UID, await hold(store))))
+        self.assertEqual(await settlement.submit_sm(b"\x80not a pickle", {"message-id": "m"}),
+                         Outcome.MALFORMED)
+
     async def test_handle_routes_by_routing_key(self):
         """handle() sends submit.sm.<cid> and dlr.* to their handlers, ignores the rest."""
         store = await funded(self)
