@@ -8,15 +8,48 @@ production gateway runs its services under systemd.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+_ISSUED: set[int] = set()
+"""Ports :func:`free_port` handed out in this process: never twice."""
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux's default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(span: int = 1) -> int:
+    """A TCP port on 127.0.0.1, free now, with the ``span - 1`` ports after it.
+
+    The ports come from below the kernel's ephemeral range, never from it: a port the
+    kernel may give any outgoing connection as its source port (a client reconnecting,
+    an HTTP request) can be taken between this call and the moment our server binds it,
+    and a client reconnecting to a server that is down can even connect to itself there.
+    A port is never handed out twice by one process, so two services of one gateway never
+    get the same one.
+    """
+    low, _ = _ephemeral_range()
+    first, last = (20000, low - span) if low - span > 21000 else (1024, 0)
+    for _ in range(1000):
+        port = random.randint(first, last) if last else _kernel_port()
+        ports = range(port, port + span)
+        if _ISSUED.isdisjoint(ports) and all(port_is_free(p) for p in ports):
+            _ISSUED.update(ports)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def _kernel_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -135,7 +168,7 @@ class RabbitMQServer:
         self.port = port or free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
-        self.ctl_dist_port_min = free_port()
+        self.ctl_dist_port_min = free_port(span=11)  # rabbitmqctl takes one of 11
         self.startup_timeout = startup_timeout
         self.nodename = "rabbit@localhost"
         self.process: subprocess.Popen | None = None
@@ -192,7 +225,7 @@ class RabbitMQServer:
                 os.replace(self.rundir / "log", self.rundir / f"log.failed-{attempt}")
                 (self.rundir / "log").mkdir()
                 self.dist_port, self.epmd_port = free_port(), free_port()
-                self.ctl_dist_port_min = free_port()
+                self.ctl_dist_port_min = free_port(span=11)
             except BaseException:
                 self.stop()
                 raise
