@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jasmin_credits.errors import StoreUnavailable
+from jasmin_credits.leasing import default_gateway_name
 from jasmin_credits.linking import LinkingSubmitSm, QueueingLinker, install
 from jasmin_credits.metrics import CreditMetrics
 from jasmin_credits.settlement import Settlement, tag_pdu
@@ -346,6 +347,36 @@ class RuntimeTests(TestCase):
             self.assertIsNone(runtime.install_client_manager(manager))
             self.assertNotIsInstance(manager.perspective_submit_sm, LinkingSubmitSm)
             self.assertIs(manager.perspective_submit_sm.__self__, runtime.tag_headers)
+
+    async def test_leases_take_the_configured_gateway_name_or_host_and_lock_file(self):
+        """charging.lease: the lease book names its leases after charging.lease.gateway, or
+        the host name and the launcher's lock file, and waits for jasmind's AMQP channel."""
+        import os
+
+        from twisted.internet import reactor
+
+        from jasmin_credits.config import parse_config
+        from jasmin_credits.runtime import CreditsRuntime
+
+        from .redis_support import connect
+
+        for gateway, lock_file, expected in (("gw-paris-1", "/run/a", "gw-paris-1"),
+                                             (None, "/run/b", default_gateway_name("/run/b"))):
+            lease = {"messages": 10} if gateway is None else {"messages": 10,
+                                                              "gateway": gateway}
+            config = parse_config({"redis": {"port": int(os.environ["JC_TEST_REDIS_PORT"])},
+                                   "charging": {"lease": lease}}, "test.yaml")
+            runtime = CreditsRuntime(config, reactor=reactor, redis=await connect(self))
+            runtime.lock_file = lock_file  # what the launcher sets
+            manager = client_manager()
+            runtime.install_client_manager(manager)
+            self.addCleanup(runtime.stop)
+            book = runtime.charger.leases
+            self.assertEqual((book.gateway, book.messages), (expected, 10))
+            manager.amqpBroker.connected = False
+            self.assertFalse(book.ready())
+            manager.amqpBroker.connected = True
+            self.assertTrue(book.ready())
 
     async def test_queueing_adds_no_tag_header(self):
         """link: queueing: settlement reads no submit.sm.* message, so no header."""
