@@ -39,9 +39,9 @@ def free_port(span: int = 1) -> int:
     get the same one.
     """
     low, _ = _ephemeral_range()
-    first, last = (20000, low - span) if low - span > 21000 else (1024, 0)
     for _ in range(1000):
-        port = random.randint(first, last) if last else _kernel_port()
+        # below the ephemeral range when it leaves room, else the kernel's choice
+        port = random.randint(20000, low - span) if low - span > 21000 else _kernel_port()
         ports = range(port, port + span)
         if _ISSUED.isdisjoint(ports) and all(port_is_free(p) for p in ports):
             _ISSUED.update(ports)

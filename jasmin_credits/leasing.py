@@ -104,7 +104,6 @@ class LeaseBook:
         self._leases: dict[str, list[Lease]] = {}
         self._asking: dict[str, Deferred] = {}
         self._quiet_until: dict[str, float] = {}
-        self.gateway = gateway
         self.name = GatewayName(store, gateway, clock) if gateway is not None else None
         self.ready = ready
         self._own: set[str] = set()
@@ -114,6 +113,11 @@ class LeaseBook:
         self._keeping = False
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
+
+    @property
+    def gateway(self) -> str | None:
+        """The name this gateway's leases are kept under in Redis (None: not named)."""
+        return self.name.name if self.name is not None else None
 
     # -- the per-message path -------------------------------------------------------------
 

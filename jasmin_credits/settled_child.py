@@ -45,16 +45,12 @@ def lock_path(config_path: str) -> str:
     return os.path.join(tempfile.gettempdir(), f"jasmin-credits-settled-{digest}")
 
 
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
-           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
-
-
 def line_level(line: str, previous: int) -> int:
     """The level of one line the child logged (``settled.py``'s format: date, time, level,
     ...); a line without one (a traceback's) continues the previous line's entry."""
     fields = line.split(None, 3)
     if len(fields) > 2 and fields[0][:1].isdigit():
-        return _LEVELS.get(fields[2], previous)
+        return logging.getLevelNamesMapping().get(fields[2], previous)
     return previous
 
 

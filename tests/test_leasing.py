@@ -310,6 +310,13 @@ async def named_book(store, clock, gateway, published=None, **kw):
     return book
 
 
+async def asked(book):
+    """Ask for alice's lease and wait for the answer: the book's open leases."""
+    book.ask(UID, PRICE)
+    await book.requests()
+    return book.open()
+
+
 async def claim_expired(store, gateway):
     """What Redis does ``ttl`` after the process holding ``gateway`` died."""
     await store._command("DEL", store.keys.gateway_claim(gateway))
@@ -323,25 +330,18 @@ class PredecessorLeaseTests(TestCase):
         clock, store = await setup(self)
         dead = await named_book(store, clock, "gw-a")
         other = await named_book(store, clock, "gw-b")
-        for book in (dead, other):
-            book.ask(UID, PRICE)
-            await book.requests()
-        [left] = dead.open()  # dead: never stopped, no marker
-        [kept] = other.open()
+        [left] = await asked(dead)  # dead: never stopped, no marker
+        [kept] = await asked(other)
 
         up = [False]
         published = Published()
         restarted = await named_book(store, clock, "gw-a", published, ready=lambda: up[0])
         self.assertFalse(restarted.name.held)  # the dead run's claim lives on for a while
-        restarted.ask(UID, PRICE)
-        await restarted.requests()
-        self.assertEqual(restarted.open(), [])  # no lease without the name
+        self.assertEqual(await asked(restarted), [])  # no lease without the name
         await claim_expired(store, "gw-a")
         await restarted.keep_name()
         self.assertTrue(restarted.name.held)
-        restarted.ask(UID, PRICE)  # its own lease, taken before it could publish markers
-        await restarted.requests()
-        [own] = restarted.open()
+        [own] = await asked(restarted)  # its own, taken before it could publish markers
         self.assertEqual(published.ends, [])  # not before jasmind's channel is ready
         up[0] = True
         await restarted.keep_name()
@@ -358,9 +358,7 @@ class PredecessorLeaseTests(TestCase):
     async def test_redis_down_at_start_is_retried_on_the_next_tick(self):
         clock, store = await setup(self)
         dead = await named_book(store, clock, "gw-a")
-        dead.ask(UID, PRICE)
-        await dead.requests()
-        [left] = dead.open()
+        [left] = await asked(dead)
         await claim_expired(store, "gw-a")
         published = Published()
         restarted = LeaseBook(store, clock, published, messages=4, gateway="gw-a")
@@ -393,14 +391,10 @@ class GatewayNameTests(TestCase):
     async def test_second_gateway_under_one_name_takes_no_lease_and_says_so(self):
         clock, store = await setup(self)
         first = await named_book(store, clock, "gw-a")
-        first.ask(UID, PRICE)
-        await first.requests()
-        [lease] = first.open()
+        [lease] = await asked(first)
         second = await named_book(store, clock, "gw-a")
         self.assertEqual((first.name.held, second.name.held), (True, False))
-        second.ask(UID, PRICE)
-        await second.requests()
-        self.assertEqual(second.open(), [])
+        self.assertEqual(await asked(second), [])
         self.assertFalse(second.predecessors.called)  # the first's leases are untouched
         clock.advance(second.name.ttl - 1)
         await first.keep_name()  # the first renews its claim: it is alive
@@ -422,9 +416,7 @@ class GatewayNameTests(TestCase):
         clock, store = await setup(self)
         published = Published()
         stalled = await named_book(store, clock, "gw-a", published)
-        stalled.ask(UID, PRICE)
-        await stalled.requests()
-        [lease] = stalled.open()
+        [lease] = await asked(stalled)
         await claim_expired(store, "gw-a")  # it stalled past its claim's life...
         await named_book(store, clock, "gw-a")  # ...and another took the name
         with self.assertLogs("jasmin-credits", "ERROR") as logged:
