@@ -346,16 +346,17 @@ def configurations() -> dict[str, Configuration]:
                            {**stock, "credits_config": config, "interceptord": True,
                             "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
                            True, True, False),
-        "5": Configuration("5", "launcher, pre-routing charging (the defaults: no interceptor, "
-                                "settlement in its jasmin-credits-settled child)",
-                           {"credits_config": config,
-                            "credits_overrides": {"charging": {"mode": "pre-routing"}}},
-                           False, True, True),
-        "L": Configuration("L", "as (5), with credit leases (charging.lease.messages: 100: "
-                                "single messages held from jasmind's memory)",
+        "5": Configuration("5", "launcher, pre-routing charging, leases off (each hold in "
+                                "Redis; the defaults before the eighth session)",
                            {"credits_config": config,
                             "credits_overrides": {"charging": {"mode": "pre-routing",
-                                                               "lease": {"messages": 100}}}},
+                                                               "lease": {"messages": 0}}}},
+                           False, True, True),
+        "L": Configuration("L", "launcher, the defaults: pre-routing charging, credit leases "
+                                "(single messages held from jasmind's memory), settlement in "
+                                "its jasmin-credits-settled child",
+                           {"credits_config": config,
+                            "credits_overrides": {"charging": {"mode": "pre-routing"}}},
                            False, True, True),
         "6": Configuration("6", "as (5), settlement off in jasmind (ceiling if settled elsewhere)",
                            {"credits_config": config,

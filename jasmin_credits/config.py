@@ -101,6 +101,8 @@ class LeaseConfig:
     """Credit leases (see jasmin_credits.leasing); ``messages`` 0: off."""
 
     messages: int = 0
+    """0 in a config built in code; a file that does not set it gets
+    :data:`DEFAULT_LEASE_MESSAGES` where leases can work (:func:`_default_lease`)."""
     seconds: float = 30.0
     idle: float = 10.0
     gateway: str | None = None
@@ -297,9 +299,14 @@ def _events(e: _Section) -> EventsConfig:
     return events
 
 
+DEFAULT_LEASE_MESSAGES = 100
+"""``charging.lease.messages`` when the file does not set it and leases can work."""
+
+
 def _lease(section: _Section) -> LeaseConfig:
+    """The lease section; ``messages`` None when the file does not set it."""
     lease = LeaseConfig(
-        messages=section.integer("messages", 0, 0, 100_000),
+        messages=section.integer("messages", None, 0, 100_000),
         seconds=section.seconds("seconds", 30.0),
         idle=section.seconds("idle_seconds", 10.0),
         gateway=section.string("gateway", None),
@@ -439,7 +446,13 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     if settlement.unanswered_timeout >= store.reservation_ttl.total_seconds():
         raise s.error("unanswered_timeout", "must be shorter than retention.reservation_days "
                       "(a reservation must outlive its settlement)")
-    if lease.messages and (settlement.link != "events" or charging_mode == "interceptor-pb"):
+    leases_work = settlement.link == "events" and charging_mode != "interceptor-pb"
+    if lease.messages is None:
+        # on by default where they can work: the window-1 cost of a hold is its Redis round
+        # trip (docs/benchmarks.md); a configuration that cannot use them holds one by one
+        default = DEFAULT_LEASE_MESSAGES if leases_work and settlement.enabled else 0
+        lease = replace(lease, messages=default)
+    elif lease.messages and not leases_work:
         raise c.error("lease", "credit leases need settlement.link: events and charging.mode "
                       "pre-routing or in-process (settlement writes each leased hold from "
                       "the submit.sm event our launcher tags)")

@@ -21,6 +21,7 @@ those corrections.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import signal
 import sys
@@ -73,6 +74,7 @@ class CreditsJasminDaemon(JasminDaemon):
 
     def __init__(self, opt: Any, runtime: Any = None) -> None:
         super().__init__(opt)
+        share_log(self.log)
         self.runtime = runtime
         self.exit_code = 0
         self._runtime_started = False
@@ -207,6 +209,19 @@ class CreditsJasminDaemon(JasminDaemon):
         self.components["jcli-factory"] = factory
         if self.runtime is not None:
             self.runtime.install_jcli(factory)
+
+
+def share_log(jasmind_log: logging.Logger) -> None:
+    """Our logger (``jasmin-credits``) writes where jasmind's does (its standard output), in
+    its format, from INFO up; unless the operator gave it handlers of their own. Without
+    this only its warnings would show, bare, through logging's last-resort handler."""
+    ours = logging.getLogger("jasmin-credits")
+    if ours.handlers:
+        return
+    for handler in jasmind_log.handlers:
+        ours.addHandler(handler)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
 
 
 def set_tcp_nodelay_on_accept(factory: Any) -> None:

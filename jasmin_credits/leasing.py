@@ -65,6 +65,8 @@ class Lease:
     until: float
     """When it stops holding (clock seconds)."""
     used_at: float
+    epoch: int = 0
+    """The wallet's lease epoch it was granted under (see :meth:`LeaseBook.check_epochs`)."""
 
 
 class LeaseBook:
@@ -111,6 +113,7 @@ class LeaseBook:
         self.predecessors: Deferred = Deferred() if gateway is not None else succeed(0)
         """Fires with the number of leases of an earlier run this book ended."""
         self._keeping = False
+        self._checking = False
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
 
@@ -200,7 +203,7 @@ class LeaseBook:
             return
         self._leases.setdefault(uid, []).append(Lease(
             grant.lease_id, uid, grant.credits, grant.messages, grant.credits, grant.messages,
-            self.store.period_ids(now_ms), now + self.seconds, now))
+            self.store.period_ids(now_ms), now + self.seconds, now, grant.epoch))
 
     def _retire(self, lease: Lease) -> None:
         """Hold nothing more on ``lease``; its marker follows what is still on its way."""
@@ -223,16 +226,42 @@ class LeaseBook:
                 lease_id, uid, f.getErrorMessage()))
 
     def tick(self) -> None:
-        """End leases that ran their time or sat idle, and those an earlier run of this
-        gateway left; forget old back-offs."""
+        """End leases that ran their time or sat idle, those an operator cut, and those an
+        earlier run of this gateway left; forget old back-offs."""
         now = self.clock.seconds()
         for lease in self.open():
             if lease.until <= now or now - lease.used_at >= self.idle:
                 self._retire(lease)
         self._quiet_until = {u: t for u, t in self._quiet_until.items() if t > now}
+        if self._leases and not self._checking:
+            Deferred.fromCoroutine(self.check_epochs()).addErrback(
+                lambda f: log.error("checking credit leases failed: %s", f.getTraceback()))
         if self.name is not None and not self._keeping:
             Deferred.fromCoroutine(self.keep_name()).addErrback(
                 lambda f: log.error("keeping the gateway name failed: %s", f.getTraceback()))
+
+    async def check_epochs(self) -> None:
+        """End the leases of wallets an operator changed since they were granted: a
+        subtraction, new limits or settings, a removal attempt (their scripts raise the
+        wallet's ``lease_epoch``). Without this, a customer debited to nothing could go on
+        sending against a lease for up to ``seconds``; with it, for about one tick. Redis
+        unavailable: the next tick asks again."""
+        if self._checking:
+            return
+        self._checking = True
+        try:
+            epochs = await self.store.lease_epochs(sorted(self._leases))
+        except StoreUnavailable as error:
+            log.info("cannot check credit leases against their wallets (%s)", error)
+            return
+        finally:
+            self._checking = False
+        for lease in self.open():
+            epoch = epochs.get(lease.uid)
+            # (epochs only grow: a lease granted after the read carries a newer one)
+            if epoch is not None and (epoch < 0 or epoch > lease.epoch):
+                log.info("credit lease %s of %s ends: its wallet changed", lease.id, lease.uid)
+                self._retire(lease)
 
     async def keep_name(self) -> None:
         """Claim or renew this gateway's name (every tick); once it is held and markers can

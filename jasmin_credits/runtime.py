@@ -248,6 +248,10 @@ class CreditsRuntime:
         book.start()
         self.charger.leases = book
         self.services.append(book)
+        # leases are on by default: say so, and how to turn them off
+        log.info("Credit leases: %d messages, %g s, gateway name %r "
+                 "(charging.lease; messages: 0 turns them off)",
+                 lease.messages, lease.seconds, book.gateway)
 
     def install_amqp_broker(self, amqp_factory: Any) -> Any:
         """With ``settlement.link: queueing``, settle the SMSC's answers as jasmind publishes

@@ -102,6 +102,9 @@ class Grant:
     lease_id: str
     credits: int
     messages: int
+    epoch: int = 0
+    """The wallet's lease epoch when granted: the lease ends once it changes
+    (:meth:`CreditStore.lease_epochs`)."""
 
     @property
     def ok(self) -> bool:
@@ -407,13 +410,25 @@ class CreditStore:
         keys = [self.keys.wallet(uid), self.keys.lease(uid, lease_id)]
         if gateway is not None:
             keys.append(self.keys.gateway_leases(gateway))
-        status, got, msgs = await self._run(
+        status, got, msgs, epoch = await self._run(
             "lease_take", keys,
             [uid, lease_id, int(credits), int(messages), int(least), now,
              *self.period_ids(now), int(deadline_ms)])
         if status != OK:
             return Grant(lease_id, 0, 0)  # no room, or no wallet
-        return Grant(lease_id, got, msgs)
+        return Grant(lease_id, got, msgs, epoch)
+
+    async def lease_epochs(self, uids: list[str]) -> dict[str, int]:
+        """The lease epoch of each wallet of ``uids`` (-1: no such wallet). An operator's
+        subtraction, settings change or removal attempt raises it: leases granted under an
+        older one must end (:class:`~jasmin_credits.leasing.LeaseBook` checks every second)."""
+        if not uids:
+            return {}
+        for uid in uids:
+            check_uid(uid)
+        _, *epochs = await self._run("lease_epochs", [self.keys.wallet(uid) for uid in uids],
+                                     [])
+        return dict(zip(uids, (int(e) for e in epochs), strict=True))
 
     def hold_leased(self, uid: str, ref: str, lease_id: str, unit_price: int, parts: int,
                     messages: int, quote: str, *,
@@ -614,7 +629,8 @@ class CreditStore:
         if status == NO_WALLET:
             raise UnknownWallet(f"user {uid} has no wallet")
         if status == RESERVATIONS_OPEN:
-            raise ValueError(f"user {uid} has messages in flight; remove the wallet later")
+            raise ValueError(f"user {uid} has messages in flight or credit leases open (those "
+                             "end within seconds); remove the wallet later")
         return balance
 
     async def wallet(self, uid: str) -> Wallet | None:

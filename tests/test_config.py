@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jasmin_credits.config import load_config, parse_config
+from jasmin_credits.config import DEFAULT_LEASE_MESSAGES, load_config, parse_config
 from jasmin_credits.errors import ConfigError, Refusal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,9 +97,30 @@ def test_settlement_link_defaults_by_charging_mode(mode, link, expected):
     assert config.settlement.link == expected
 
 
-def test_credit_leases_are_off_unless_asked_for():
-    """No lease by default; ``charging.lease`` sets their size and times."""
-    assert parse_config({}, "f.yaml").lease.messages == 0
+@pytest.mark.parametrize("sections, expected", [
+    ({}, DEFAULT_LEASE_MESSAGES),
+    ({"charging": {"mode": "in-process"}}, DEFAULT_LEASE_MESSAGES),
+    ({"charging": {"lease": {"seconds": 20}}}, DEFAULT_LEASE_MESSAGES),
+    ({"charging": {"lease": {"messages": None}}}, DEFAULT_LEASE_MESSAGES),
+    ({"charging": {"lease": {"messages": 0}}}, 0),
+    # where leases cannot work, the default is off rather than a refused file
+    ({"settlement": {"link": "queueing"}}, 0),
+    ({"charging": {"mode": "interceptor-pb"}}, 0),
+    ({"settlement": {"enabled": False}}, 0),
+])
+def test_credit_leases_are_on_by_default_where_they_work(sections, expected):
+    """Left unset, ``charging.lease.messages`` is 100 with events links and our launcher's
+    charging, and off where settlement cannot write leased holds."""
+    assert parse_config(sections, "f.yaml").lease.messages == expected
+
+
+def test_example_config_takes_credit_leases():
+    """The shipped example runs with the default lease (it leaves the section commented)."""
+    assert load_config(REPO / "config" / "credits.yaml").lease.messages == DEFAULT_LEASE_MESSAGES
+
+
+def test_credit_lease_settings():
+    """``charging.lease`` sets their size and times."""
     lease = parse_config({"charging": {"lease": {"messages": 50, "seconds": 20,
                                                  "idle_seconds": 4}}}, "f.yaml").lease
     assert (lease.messages, lease.seconds, lease.idle) == (50, 20.0, 4.0)

@@ -302,6 +302,91 @@ class LeaseBookTests(TestCase):
         self.assertEqual(published.ends, [(UID, lease.id)])
 
 
+class OperatorCutTests(TestCase):
+    """An operator's subtraction, settings change or removal attempt ends the wallet's
+    leases within a tick: a customer debited to nothing stops sending at once."""
+
+    async def test_epoch_rises_on_cuts_and_settings_not_on_top_ups(self):
+        _, store = await setup(self)
+        grant = await store.take_lease(UID, lease_id(store), 100, 10, least=PRICE,
+                                       deadline_ms=deadline(store))
+        self.assertEqual(grant.epoch, 0)
+        self.assertEqual(await store.lease_epochs([UID, "nobody"]), {UID: 0, "nobody": -1})
+        await store.top_up(UID, 50, op_id="more", actor="ops")
+        self.assertEqual(await store.lease_epochs([UID]), {UID: 0})
+        await store.top_up(UID, -50, op_id="less", actor="ops")
+        self.assertEqual(await store.lease_epochs([UID]), {UID: 1})
+        await store.top_up(UID, -50, op_id="less", actor="ops")  # repeated op: nothing
+        self.assertEqual(await store.lease_epochs([UID]), {UID: 1})
+        await store.configure(UID, {"lim:msgs:day": 100})
+        self.assertEqual(await store.lease_epochs([UID]), {UID: 2})
+        again = await store.take_lease(UID, grant.lease_id, 100, 10, least=PRICE,
+                                       deadline_ms=deadline(store))
+        self.assertEqual(again, grant)  # a repeat answers the first grant, its epoch too
+        later = await store.take_lease(UID, lease_id(store), 100, 10, least=PRICE,
+                                       deadline_ms=deadline(store))
+        self.assertEqual(later.epoch, 2)
+
+    async def test_removal_refused_while_leased_ends_the_leases(self):
+        """A wallet cannot be removed while a lease holds its credit; the refusal ends the
+        lease, so the operator's retry, once its marker is read, succeeds."""
+        _, store = await setup(self)
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 100, 10, least=PRICE, deadline_ms=deadline(store))
+        with self.assertRaises(ValueError) as refused:
+            await store.remove(UID, actor="ops")
+        self.assertIn("credit leases open", str(refused.exception))
+        self.assertEqual(await store.lease_epochs([UID]), {UID: 1})
+        await store.end_lease(UID, lid)
+        await store.remove(UID, actor="ops")
+        self.assertEqual(await store.lease_epochs([UID]), {UID: -1})
+
+    async def test_book_ends_the_leases_of_a_cut_wallet_at_its_next_tick(self):
+        clock, store = await setup(self)
+        published = Published()
+        book = LeaseBook(store, clock, published, messages=4)
+        periods, lease = await LeaseBookTests.leased(None, store, book)
+        self.assertIsNotNone(lease)
+        await book.check_epochs()
+        self.assertEqual(book.open(), [lease])  # nothing changed: kept
+        await store.top_up(UID, 500, op_id="more", actor="ops")
+        await book.check_epochs()
+        self.assertEqual(book.open(), [lease])  # more credit: kept
+        await store.top_up(UID, -900, op_id="cut", actor="ops")
+        await book.check_epochs()
+        self.assertEqual(book.open(), [])
+        self.assertIsNone(book.hold(UID, PRICE, periods))  # the next message goes to Redis
+        clock.advance(book.end_delay)
+        self.assertEqual(published.ends, [(UID, lease.id)])
+        # the marker gives back what the lease did not hold: the cut wallet is what is left
+        lease_hold = await store.hold_leased(UID, new_ref(store.now_ms()), lease.id, PRICE, 1,
+                                             1, QUOTE)
+        self.assertIsNotNone(lease_hold)
+        await store.end_lease(UID, lease.id)
+        balance, reserved, leased = await books(self, store)
+        self.assertEqual((balance, leased), (600, 0))
+        self.assertEqual(reserved, PRICE)  # the one message held against it, not yet sent
+
+    async def test_tick_checks_epochs_and_redis_down_is_retried(self):
+        clock, store = await setup(self)
+        book = LeaseBook(store, clock, Published(), messages=4)
+        _, lease = await LeaseBookTests.leased(None, store, book)
+        await store.configure(UID, {"low_balance": 10})
+        real = store.lease_epochs
+
+        async def down(uids):
+            raise StoreUnavailable("redis down")
+
+        store.lease_epochs = down
+        with self.assertLogs("jasmin-credits", "INFO") as logged:
+            book.tick()
+        self.assertIn("cannot check credit leases", logged.output[0])
+        self.assertEqual(book.open(), [lease])
+        store.lease_epochs = real
+        await book.check_epochs()  # what the next tick does
+        self.assertEqual(book.open(), [])
+
+
 async def named_book(store, clock, gateway, published=None, **kw):
     """A lease book holding the gateway name ``gateway`` (claimed in Redis)."""
     book = LeaseBook(store, clock, published or Published(), messages=4, gateway=gateway,

@@ -340,13 +340,16 @@ class RuntimeTests(TestCase):
 
     async def test_events_only_repeats_the_tag_in_headers(self):
         """link: events: no linker; perspective_submit_sm only gains the tag header
-        (tests/test_tagheaders.py), also when another process settles."""
+        (tests/test_tagheaders.py), also when another process settles. Credit leases start
+        by default, unless this process settles nothing (settlement.enabled: false)."""
         for enabled in (True, False):
             runtime = await self.runtime(link="events", enabled=enabled)
             manager = client_manager()
             self.assertIsNone(runtime.install_client_manager(manager))
+            self.addCleanup(runtime.stop)
             self.assertNotIsInstance(manager.perspective_submit_sm, LinkingSubmitSm)
             self.assertIs(manager.perspective_submit_sm.__self__, runtime.tag_headers)
+            self.assertEqual(getattr(runtime.charger, "leases", None) is not None, enabled)
 
     async def test_leases_take_the_configured_gateway_name_or_host_and_lock_file(self):
         """charging.lease: the lease book names its leases after charging.lease.gateway, or

@@ -3,6 +3,8 @@
 -- ARGV[1] uid, ARGV[2] now (ms), ARGV[3] events retention (ms), ARGV[4] '1' to create a missing
 -- wallet, ARGV[5..] field, value pairs (value '' clears the field)
 -- returns {status}; status 0 ok, 8 no wallet.
+-- Any change ends the wallet's credit leases (lease_epoch, see topup.lua): they were carved
+-- under the old limits.
 local sink = {events = KEYS[2], outbox = KEYS[4], retention = ARGV[3], uid = ARGV[1]}
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[4] ~= '1' then
@@ -22,6 +24,7 @@ for i = 5, #ARGV, 2 do
   changes[#changes + 1] = ARGV[i]
   changes[#changes + 1] = ARGV[i + 1] == '' and 'none' or ARGV[i + 1]
 end
+redis.call('HINCRBY', KEYS[1], 'lease_epoch', 1)
 emit(sink, changes)
 check_low(KEYS[1], sink, ARGV[2])
 return {0}

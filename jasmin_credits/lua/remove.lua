@@ -2,11 +2,15 @@
 -- KEYS[1] wallet, KEYS[2] events, KEYS[3] wallets set, KEYS[4] user's open set,
 -- KEYS[5] plan, KEYS[6] outbox
 -- ARGV[1] uid, ARGV[2] now (ms), ARGV[3] events retention (ms), ARGV[4] actor
--- returns {status, balance}; status 0 ok, 8 no wallet, 40 reservations still open.
+-- returns {status, balance}; status 0 ok, 8 no wallet, 40 reservations still open (credit
+-- leases among them are ended: lease_epoch, see topup.lua; a retry seconds later succeeds).
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {8, 0}
 end
 if redis.call('ZCARD', KEYS[4]) > 0 or int(redis.call('HGET', KEYS[1], 'reserved')) ~= 0 then
+  if int(redis.call('HGET', KEYS[1], 'leased')) > 0 then
+    redis.call('HINCRBY', KEYS[1], 'lease_epoch', 1)
+  end
   return {40, 0}
 end
 local balance = int(redis.call('HGET', KEYS[1], 'balance'))

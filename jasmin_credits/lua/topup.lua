@@ -6,6 +6,8 @@
 -- ARGV[8] log retention (ms), ARGV[9] events retention (ms), ARGV[10] operation record ttl (ms),
 -- ARGV[11] '1' to create a missing wallet
 -- returns {status, balance, repeated}; status 0 ok, 8 no wallet.
+-- A subtraction ends the wallet's credit leases (lease_epoch: their gateways check it every
+-- second, jasmin_credits.leasing): what they carved out must not outlive the operator's cut.
 local done = redis.call('GET', KEYS[4])
 if done then
   return {0, int(done), 1}
@@ -19,6 +21,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SADD', KEYS[5], ARGV[1])
 end
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
+if int(ARGV[2]) < 0 then
+  redis.call('HINCRBY', KEYS[1], 'lease_epoch', 1)
+end
 xadd(KEYS[2], ARGV[8], {'ts', ARGV[6], 'type', ARGV[7], 'amount', ARGV[2],
   'balance', s(balance), 'ref', ARGV[3], 'msgid', '', 'country', '', 'dest', '',
   'parts', '0', 'actor', ARGV[4], 'reason', ARGV[5]})

@@ -4,6 +4,8 @@ interception and routing steps, with no MT interceptor needed.
 Real redis-server, RabbitMQ, jasmind (through jasmin-credits-jasmind), the SMSC simulator,
 smpplib as the SMPP client and Jasmin's HTTP API. The operator has one interceptor of their
 own, matching only destinations ``3366...``; every other message meets no interceptor.
+Credit leases are off here (``charging.lease.messages: 0``): these tests follow single holds
+through Redis; tests/e2e/test_credits_e2e.py runs pre-routing with and without leases.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tests.e2e.credits_support import (
 UDHI = 0x40
 OPERATOR_SCRIPT = "smpp_status = 0x0B\nhttp_status = 403\n"
 OVERRIDES = {
-    "charging": {"mode": "pre-routing"},
+    "charging": {"mode": "pre-routing", "lease": {"messages": 0}},
     "settlement": {"unqueued_timeout": 2, "unanswered_timeout": 60, "sweep_interval": 0.5},
 }
 

@@ -58,6 +58,12 @@ def settlement(**values: Any) -> dict[str, Any]:
                            "sweep_interval": 0.5, **values}}
 
 
+def leases(on: bool, **values: Any) -> dict[str, Any]:
+    """``charging`` overrides for a run with credit leases of ``values``, or without any
+    (leases are on by default, so a run without them must say so)."""
+    return {"lease": values if on else {"messages": 0}}
+
+
 @contextlib.contextmanager
 def credits_gateway(name: str, overrides: Mapping[str, Any] | None = None,
                     connector: tuple[str, ...] = (), funds: int | None = FUNDS,

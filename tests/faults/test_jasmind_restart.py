@@ -8,7 +8,7 @@ import pytest
 
 from jasmin_credits.localgateway import wait_until
 from tests.e2e.credits_support import Books, settled_processes
-from tests.faults.support import credits_gateway, killed_and_restarted, settlement
+from tests.faults.support import credits_gateway, killed_and_restarted, leases, settlement
 
 
 @pytest.mark.parametrize("process, lease", [("gateway", False), ("child", False),
@@ -24,12 +24,10 @@ def test_launcher_killed_and_restarted_under_load(process, lease):
     stops, and the restarted launcher's child takes over (the lock a SIGKILLed process
     held is free at once)."""
     overrides = settlement(process=process)
-    if lease:
-        # Leases that outlive the test unless ended: the sweeper would end the dead run's
-        # only at their deadline (seconds + unqueued_timeout), so the books below, settled
-        # well before it, show that the restarted launcher ended them.
-        overrides["charging"] = {"lease": {"messages": 50, "seconds": 300,
-                                           "idle_seconds": 2}}
+    # Leases that outlive the test unless ended: the sweeper would end the dead run's only
+    # at their deadline (seconds + unqueued_timeout), so the books below, settled well
+    # before it, show that the restarted launcher ended them.
+    overrides["charging"] = leases(lease, messages=50, seconds=300, idle_seconds=2)
     with credits_gateway("jasmind", overrides) as gateway:
         with gateway.jcli() as jcli:
             jcli.run("persist")  # jasmind reloads users, connector, routes at start

@@ -12,6 +12,7 @@ from tests.faults.support import (
     Load,
     check_books,
     credits_gateway,
+    leases,
     settlement,
     summary,
 )
@@ -25,8 +26,7 @@ def test_redis_killed_and_restarted_under_load(lease):
     leased before the kill, until that runs out (10 messages a lease, two at most), then
     refuses; settlement writes their holds once Redis is back."""
     overrides = settlement()
-    if lease:
-        overrides["charging"] = {"lease": {"messages": 10, "seconds": 2}}
+    overrides["charging"] = leases(lease, messages=10, seconds=2)
     with credits_gateway("redis", overrides, redis_aof=True) as gateway:
         start = Books(gateway).wallet("alice").balance
         load = Load(gateway)

@@ -15,6 +15,7 @@ from tests.faults.support import (
     check_books,
     credits_gateway,
     key,
+    leases,
     post_mortem,
     settlement,
     summary,
@@ -30,8 +31,7 @@ def test_settlement_child_killed_under_load(lease):
     With credit leases, the events it had not acked also write the leased holds: they are
     written once whichever child reads them."""
     overrides = settlement()
-    if lease:
-        overrides["charging"] = {"lease": {"messages": 20, "seconds": 5}}
+    overrides["charging"] = leases(lease, messages=20, seconds=5)
     with credits_gateway("settled", overrides) as gateway:
         config = gateway.credits_config
         [(first, parent)] = wait_until(lambda: settled_processes(config), 30,

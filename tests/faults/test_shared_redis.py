@@ -13,6 +13,7 @@ from tests.faults.support import (
     LoadResult,
     check_books,
     credits_gateway,
+    leases,
     price,
     settlement,
 )
@@ -29,9 +30,7 @@ def test_two_launchers_sharing_redis_never_overspend(lease):
     credit leases too (each gateway holds messages against credit it carved out)."""
     unit = price("336")
     overrides = settlement()
-    if lease:
-        overrides["charging"] = {"lease": {"messages": LEASE_MESSAGES, "seconds": 2,
-                                           "idle_seconds": 1}}
+    overrides["charging"] = leases(lease, messages=LEASE_MESSAGES, seconds=2, idle_seconds=1)
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(credits_gateway("shared-a", overrides, funds=None))
         second = stack.enter_context(credits_gateway(

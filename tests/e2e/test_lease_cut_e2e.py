@@ -1,0 +1,70 @@
+"""An operator's debit ends the credit leases a running gateway holds on the wallet.
+
+Credit leases are on by default: jasmind holds single messages against credit it carved out
+of the wallet, answering without Redis. An operator who debits a customer to nothing (from
+jCli, as here) expects the next message refused, not accepted for as long as the lease
+lasts. The debit raises the wallet's lease epoch (``lua/topup.lua``); jasmind checks the
+epochs of the wallets it leases every second and ends the lease (``LeaseBook.check_epochs``).
+
+The lease here would not end on its own during the test (``idle_seconds`` 60, ``seconds``
+120), so only the debit can end it. Real redis-server, RabbitMQ, jasmind through our
+launcher, the SMSC simulator, smpplib, jCli over telnet.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from jasmin_credits.localgateway import wait_until
+from tests.e2e.credits_support import provision_with_routes, running_gateway, send
+
+LEASE = {"messages": 50, "seconds": 120, "idle_seconds": 60}
+OVERRIDES = {
+    "settlement": {"unqueued_timeout": 2, "unanswered_timeout": 60, "sweep_interval": 0.5},
+    "charging": {"lease": LEASE},
+}
+ESME_RX_P_APPN = 0x65
+UNITS = 10_000  # the example config's minor units per credit
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    with running_gateway(OVERRIDES, provision_with_routes) as gw:
+        yield gw
+
+
+def jasmind_log(gateway) -> str:
+    return (gateway.rundir / "log" / "jasmind.out").read_text(errors="replace")
+
+
+def test_debit_from_jcli_ends_the_open_lease_at_once(gateway, smpp_client, books):
+    books.top_up("alice", 100_000)
+    client = smpp_client()
+    sent = []
+
+    def leased() -> bool:
+        sent.append(send(client, "447911000301"))
+        return books.wallet("alice").leased > 0
+
+    wait_until(leased, 20, interval=0.3, message="a credit lease")
+    assert {r.status for r in sent} == {0}
+    msgids = {r.message_id.decode() if isinstance(r.message_id, bytes) else r.message_id
+              for r in sent}
+    wait_until(lambda: msgids <= {e.fields["msgid"] for e in books.log("alice")[:50]
+                                  if e.type == "charge"}, 20, interval=0.1,
+               message="the messages sent so far charged")
+    assert "Credit leases: 50 messages" in jasmind_log(gateway)  # our log reaches jasmind's
+
+    balance = books.wallet("alice").balance
+    with gateway.jcli() as jcli:
+        out = jcli.run(f"credit -t alice -{Decimal(balance) / UNITS} customer blocked")
+    assert out.startswith("Successfully subtracted"), out
+
+    wait_until(lambda: "its wallet changed" in jasmind_log(gateway), 20,
+               message="jasmind ending the lease of the debited wallet")
+    wait_until(lambda: books.wallet("alice").leased == 0, 20, interval=0.1,
+               message="the lease's unused credit given back")
+    assert send(client, "447911000302").status == ESME_RX_P_APPN
+    books.wait_settled("alice", 0)
