@@ -235,9 +235,19 @@ class Ledger:
     smsc_any: set[str]
 
 
-def wait_settled(books: Books, timeout: float = 120.0) -> None:
-    """Wait until no reservation is open (the consumer and the sweeper did their work)."""
+def wait_settled(books: Books, gateways: LocalGateway | list[LocalGateway] = (),
+                 timeout: float = 120.0) -> None:
+    """Wait until the gateways' settlement queues are empty and then no reservation is open
+    (the consumer and the sweeper did their work).
+
+    Redis alone is not enough: an event requeued after a Redis failure waits (5 s) in its
+    queue, unacked, and may still hold and charge a message whose hold the sweeper released
+    meanwhile, or a leased message whose lease already ended (a ``late_hold``)."""
+    gateways = gateways if isinstance(gateways, list | tuple) else [gateways]
+
     def settled() -> bool:
+        if any(settlement_backlog(gw) for gw in gateways):
+            return False
         wallet = books.wallet("alice")
         return (wallet.reserved == 0
                 and not books.run(books.store.users_with_open_reservations()))
@@ -249,6 +259,14 @@ def wait_settled(books: Books, timeout: float = 120.0) -> None:
         open_refs = books.run(books.store.open_reservations("alice", 2**62))
         raise AssertionError(f"not settled: reserved {wallet.reserved}, "
                              f"{len(open_refs)} open reservations") from None
+
+
+def settlement_backlog(gateway: LocalGateway) -> int:
+    """Events in the gateway's settlement queues (``jasmin_credits.*``), ready or being
+    handled (unacked)."""
+    assert gateway.rabbitmq is not None
+    return sum(count for queue, count in gateway.rabbitmq.queue_messages().items()
+               if queue.startswith("jasmin_credits."))
 
 
 def ledger(gateway: LocalGateway | list[LocalGateway], books: Books) -> Ledger:
@@ -282,7 +300,7 @@ def check_books(gateway: LocalGateway | list[LocalGateway], books: Books, result
     the SMSC accepted whose answer the fault may have lost (the sweeper then settles them by
     ``unanswered_policy``): charged once or not at all.
     """
-    wait_settled(books)
+    wait_settled(books, gateway)
     books_now = ledger(gateway, books)
     ours = {key(s.destination) for s in result.sent}
     for sent in result.sent:

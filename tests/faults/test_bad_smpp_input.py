@@ -71,7 +71,7 @@ def test_bad_destinations_and_texts_refused_or_priced():
         wait_until(lambda: "33612000099" in {r["destination_addr"]
                                              for r in gateway.smsc_received()}, 60,
                    message="the last message delivered")
-        wait_settled(books)
+        wait_settled(books, gateway)
         books_now = ledger(gateway, books)
         outcome = {}
         for name, params in CASES.items():
