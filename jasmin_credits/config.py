@@ -102,7 +102,7 @@ class LeaseConfig:
 
     messages: int = 0
     """0 in a config built in code; a file that does not set it gets
-    :data:`DEFAULT_LEASE_MESSAGES` where leases can work (:func:`_default_lease`)."""
+    :data:`DEFAULT_LEASE_MESSAGES` where leases can work (:func:`parse_config`)."""
     seconds: float = 30.0
     idle: float = 10.0
     gateway: str | None = None
