@@ -193,6 +193,14 @@ class Published:
         self.ends.append((uid, lid))
 
 
+async def leased(store, book):
+    """Ask for alice's lease, wait for it, hold one message: (periods, lease)."""
+    periods = store.period_ids(store.now_ms())
+    book.ask(UID, PRICE)
+    await book.requests()
+    return periods, book.hold(UID, PRICE, periods)
+
+
 class LeaseBookTests(TestCase):
     async def book(self, **kw):
         clock, store = await setup(self)
@@ -203,13 +211,6 @@ class LeaseBookTests(TestCase):
     async def settle_background(self, book):
         """Wait for the book's background lease requests to be answered."""
         await book.requests()
-
-    async def leased(self, store, book):
-        """Ask for alice's lease, wait for it, hold one message: (periods, lease)."""
-        periods = store.period_ids(store.now_ms())
-        book.ask(UID, PRICE)
-        await book.requests()
-        return periods, book.hold(UID, PRICE, periods)
 
     async def test_first_message_asks_then_messages_hold_in_memory(self):
         clock, store, book, _ = await self.book()
@@ -229,7 +230,7 @@ class LeaseBookTests(TestCase):
         """The first lease holds until a message does not fit; the next one, asked for when
         the first was half used, takes over, and the first's end is published later."""
         clock, store, book, published = await self.book()
-        periods, first = await self.leased(store, book)
+        periods, first = await leased(store, book)
         self.assertIs(book.hold(UID, PRICE, periods), first)
         self.assertIs(book.hold(UID, PRICE, periods), first)  # 1 of 4 left: next asked for
         await self.settle_background(book)
@@ -247,7 +248,7 @@ class LeaseBookTests(TestCase):
 
     async def test_idle_and_expired_leases_end(self):
         clock, store, book, published = await self.book(idle=5, seconds=30)
-        periods, lease = await self.leased(store, book)
+        periods, lease = await leased(store, book)
         clock.advance(4)
         book.tick()
         self.assertEqual(book.open(), [lease])
@@ -275,7 +276,7 @@ class LeaseBookTests(TestCase):
 
     async def test_new_period_retires_the_lease(self):
         clock, store, book, published = await self.book()
-        periods, lease = await self.leased(store, book)
+        periods, lease = await leased(store, book)
         tomorrow = store.period_ids(store.now_ms() + 86_400_000)
         self.assertIsNone(book.hold(UID, PRICE, tomorrow))
         clock.advance(book.end_delay)
@@ -289,7 +290,7 @@ class LeaseBookTests(TestCase):
             raise ConnectionError("AMQP channel closed")
 
         book = LeaseBook(store, clock, broken, messages=4)
-        periods, lease = await self.leased(store, book)
+        periods, lease = await leased(store, book)
         with self.assertLogs("jasmin-credits", "WARNING") as logged:
             await book.stop()
         self.assertIn(lease.id, logged.output[0])
@@ -297,7 +298,7 @@ class LeaseBookTests(TestCase):
 
     async def test_stop_ends_every_lease_at_once(self):
         clock, store, book, published = await self.book()
-        periods, lease = await self.leased(store, book)
+        periods, lease = await leased(store, book)
         await book.stop()
         self.assertEqual(published.ends, [(UID, lease.id)])
 
@@ -345,7 +346,7 @@ class OperatorCutTests(TestCase):
         clock, store = await setup(self)
         published = Published()
         book = LeaseBook(store, clock, published, messages=4)
-        periods, lease = await LeaseBookTests.leased(None, store, book)
+        periods, lease = await leased(store, book)
         self.assertIsNotNone(lease)
         await book.check_epochs()
         self.assertEqual(book.open(), [lease])  # nothing changed: kept
@@ -363,14 +364,14 @@ class OperatorCutTests(TestCase):
                                              1, QUOTE)
         self.assertIsNotNone(lease_hold)
         await store.end_lease(UID, lease.id)
-        balance, reserved, leased = await books(self, store)
-        self.assertEqual((balance, leased), (600, 0))
+        balance, reserved, unused = await books(self, store)
+        self.assertEqual((balance, unused), (600, 0))
         self.assertEqual(reserved, PRICE)  # the one message held against it, not yet sent
 
     async def test_tick_checks_epochs_and_redis_down_is_retried(self):
         clock, store = await setup(self)
         book = LeaseBook(store, clock, Published(), messages=4)
-        _, lease = await LeaseBookTests.leased(None, store, book)
+        _, lease = await leased(store, book)
         await store.configure(UID, {"low_balance": 10})
         real = store.lease_epochs
 

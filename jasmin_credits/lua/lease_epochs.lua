@@ -4,13 +4,7 @@
 -- KEYS the wallets; returns {0, their epochs}, -1 for a wallet that is gone.
 local epochs = {0}
 for i, key in ipairs(KEYS) do
-  local epoch = redis.call('HGET', key, 'lease_epoch')
-  if epoch then
-    epochs[i + 1] = int(epoch)
-  elseif redis.call('EXISTS', key) == 1 then
-    epochs[i + 1] = 0
-  else
-    epochs[i + 1] = -1
-  end
+  local w = redis.call('HMGET', key, 'balance', 'lease_epoch')
+  epochs[i + 1] = w[1] and int(w[2]) or -1
 end
 return epochs

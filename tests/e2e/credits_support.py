@@ -144,6 +144,18 @@ def http(gateway: LocalGateway, endpoint: str, **params: str) -> tuple[int, str]
         return error.code, error.read().decode()
 
 
+def message_id(response: Any) -> str:
+    """The message id of an SMPP ``submit_sm_resp``."""
+    msgid = response.message_id
+    return msgid.decode() if isinstance(msgid, bytes) else msgid
+
+
+def jasmind_log(gateway: LocalGateway) -> str:
+    """What the gateway's jasmind (our launcher) wrote so far, its log lines among it."""
+    path = gateway.rundir / "log" / "jasmind.out"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def send(client: Any, destination: str, text: bytes = b"hello", **kwargs: Any) -> Any:
     """One submit_sm; its submit_sm_resp."""
     seq = client.submit(destination, text, **kwargs)

@@ -18,7 +18,14 @@ import pytest
 from jasmin_credits.localgateway import wait_until
 from jasmin_credits.settlement import parse_lease
 from tests.e2e.conftest import wait_received
-from tests.e2e.credits_support import PRICE, http, provision_with_routes, running_gateway, send
+from tests.e2e.credits_support import (
+    PRICE,
+    http,
+    message_id,
+    provision_with_routes,
+    running_gateway,
+    send,
+)
 
 UDHI = 0x40
 OPERATOR_SCRIPT = (
@@ -45,12 +52,6 @@ def gateway(request):
         gw.charging_mode = mode
         gw.leases = leases
         yield gw
-
-
-def message_id(response) -> str:
-    """The message id of an SMPP ``submit_sm_resp``."""
-    msgid = response.message_id
-    return msgid.decode() if isinstance(msgid, bytes) else msgid
 
 
 def held(wallet) -> int:

@@ -13,12 +13,17 @@ launcher, the SMSC simulator, smpplib, jCli over telnet.
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
 from jasmin_credits.localgateway import wait_until
-from tests.e2e.credits_support import provision_with_routes, running_gateway, send
+from jasmin_credits.money import format_amount
+from tests.e2e.credits_support import (
+    jasmind_log,
+    message_id,
+    provision_with_routes,
+    running_gateway,
+    send,
+)
 
 LEASE = {"messages": 50, "seconds": 120, "idle_seconds": 60}
 OVERRIDES = {
@@ -26,17 +31,12 @@ OVERRIDES = {
     "charging": {"lease": LEASE},
 }
 ESME_RX_P_APPN = 0x65
-UNITS = 10_000  # the example config's minor units per credit
 
 
 @pytest.fixture(scope="module")
 def gateway():
     with running_gateway(OVERRIDES, provision_with_routes) as gw:
         yield gw
-
-
-def jasmind_log(gateway) -> str:
-    return (gateway.rundir / "log" / "jasmind.out").read_text(errors="replace")
 
 
 def test_debit_from_jcli_ends_the_open_lease_at_once(gateway, smpp_client, books):
@@ -50,8 +50,7 @@ def test_debit_from_jcli_ends_the_open_lease_at_once(gateway, smpp_client, books
 
     wait_until(leased, 20, interval=0.3, message="a credit lease")
     assert {r.status for r in sent} == {0}
-    msgids = {r.message_id.decode() if isinstance(r.message_id, bytes) else r.message_id
-              for r in sent}
+    msgids = {message_id(r) for r in sent}
     wait_until(lambda: msgids <= {e.fields["msgid"] for e in books.log("alice")[:50]
                                   if e.type == "charge"}, 20, interval=0.1,
                message="the messages sent so far charged")
@@ -59,7 +58,8 @@ def test_debit_from_jcli_ends_the_open_lease_at_once(gateway, smpp_client, books
 
     balance = books.wallet("alice").balance
     with gateway.jcli() as jcli:
-        out = jcli.run(f"credit -t alice -{Decimal(balance) / UNITS} customer blocked")
+        # (the example config keeps amounts with 4 decimals)
+        out = jcli.run(f"credit -t alice -{format_amount(balance, 4)} customer blocked")
     assert out.startswith("Successfully subtracted"), out
 
     wait_until(lambda: "its wallet changed" in jasmind_log(gateway), 20,

@@ -25,7 +25,7 @@ from jasmin_credits.destinations import normalise
 from jasmin_credits.errors import InvalidDestination
 from jasmin_credits.localgateway import REPO_ROOT, LocalGateway, wait_until
 from jasmin_credits.ratecard import load_card
-from tests.e2e.credits_support import Books, provision_with_routes
+from tests.e2e.credits_support import Books, jasmind_log, provision_with_routes
 from tests.smpp_client import SmppTestClient
 
 CONFIG = REPO_ROOT / "config" / "credits.yaml"
@@ -352,10 +352,9 @@ def post_mortem(gateway: LocalGateway | list[LocalGateway], books: Books, dest: 
         "link": client.get(keys.message(msgid)) if msgid else None,
     }
     for gw in gateway if isinstance(gateway, list) else [gateway]:
-        log_file = gw.rundir / "log" / "jasmind.out"
-        lines = log_file.read_text(errors="replace").splitlines() if log_file.exists() else []
-        found[str(log_file)] = [line for line in lines
-                                if " WARNING " in line or " ERROR " in line][-40:]
+        found[f"{gw.rundir}/log/jasmind.out"] = [
+            line for line in jasmind_log(gw).splitlines()
+            if " WARNING " in line or " ERROR " in line][-40:]
     return found
 
 
