@@ -193,6 +193,14 @@ class LocalGateway:
         """Base URL of the HTTP API, e.g. ``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.http_port}"
 
+    def metrics_urls(self) -> list[str]:
+        """Where this gateway's Prometheus metrics are: jasmind's ``/metrics`` (with its
+        settlement child's figures), and the separate jasmin-credits-settled's if it runs."""
+        urls = [f"{self.http_url}/metrics"]
+        if self.separate_settlement:
+            urls.append(f"http://127.0.0.1:{self.ports['settled_metrics']}/")
+        return urls
+
     @property
     def jcli_port(self) -> int:
         """jCli telnet port."""
@@ -266,7 +274,7 @@ class LocalGateway:
         for sub in ("log", "store", "redis", "rabbitmq"):
             (self.rundir / sub).mkdir(parents=True, exist_ok=True)
         for name in ("smpp", "http", "jcli", "router", "smppcm", "smpps_pb", "interceptor",
-                     "smsc"):
+                     "smsc", "settled_metrics"):
             wanted = self.preferred_ports.get(name)
             self.ports[name] = wanted if wanted and port_is_free(wanted) else free_port()
         if self.external_redis_port is None:
@@ -314,7 +322,8 @@ class LocalGateway:
         if self.separate_settlement:
             self._spawn("settled", [sys.executable, "-m", "jasmin_credits.settled",
                                     "--credits-config", str(self.credits_config),
-                                    "--lock-file", str(self.rundir / "settled")])
+                                    "--lock-file", str(self.rundir / "settled"),
+                                    "--metrics-port", str(self.ports["settled_metrics"])])
         if self.dlr_daemons:
             self._spawn_dlr_daemon("dlrlookupd")
         for name in ("jcli", "http", "smpp"):

@@ -27,17 +27,25 @@ Metrics (all names start with ``jasmin_credits_``):
                                                        process retried (Redis)
 ``outcomes_given_up_total``                 counter    answers and receipts left unsettled
                                                        after every retry
+``settlement_events_total{event,outcome}``  counter    Jasmin events settlement read from
+                                                       its queues, by what became of them
+                                                       (``dropped``: given up after every
+                                                       attempt)
 ==========================================  =========  =====================================
 
 Counters count what this process did since it started (each gateway exposes its own;
-Prometheus sums them); the gauge reads Redis, so every gateway shows the same figure.
+Prometheus sums them); the gauge reads Redis, so every gateway shows the same figure. A
+gateway whose settlement runs in its ``jasmin-credits-settled`` child (the default) adds the
+child's counters and histogram to its own (:class:`Snapshot`, sent by the child every second,
+:mod:`jasmin_credits.child_metrics`), so one scrape of the gateway shows all its work.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -86,7 +94,9 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
-    def samples(self) -> list[str]:
+    def samples(self, added: Any = None) -> list[str]:
+        """The metric's lines; ``added``: another process's values of it (a
+        :class:`Snapshot` entry), summed with this one's."""
         raise NotImplementedError
 
 
@@ -110,9 +120,15 @@ class Counter(_Metric):
     def value(self, *labels: str) -> float:
         return self.values.get(self._key(labels), 0.0)
 
-    def samples(self) -> list[str]:
+    def samples(self, added: Mapping[tuple[str, ...], float] | None = None) -> list[str]:
+        values = self.values
+        if added:
+            values = dict(values)
+            for key, value in added.items():
+                if len(key) == len(self.label_names):
+                    values[key] = values.get(key, 0.0) + value
         return [f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
-                for k, v in sorted(self.values.items())]
+                for k, v in sorted(values.items())]
 
 
 class Gauge(Counter):
@@ -144,15 +160,93 @@ class Histogram(_Metric):
         self.sum += value
         self.count += 1
 
-    def samples(self) -> list[str]:
+    def samples(self, added: tuple[tuple[int, ...], float, int] | None = None) -> list[str]:
+        counts, total, count = self.counts, self.sum, self.count
+        if added and len(added[0]) == len(counts):  # other buckets: not comparable
+            counts = [a + b for a, b in zip(counts, added[0], strict=True)]
+            total, count = total + added[1], count + added[2]
         lines, running = [], 0
-        for bound, n in zip(self.buckets, self.counts, strict=True):
+        for bound, n in zip(self.buckets, counts, strict=True):
             running += n
             le = "+Inf" if bound == math.inf else repr(float(bound))
             lines.append(f'{self.name}_bucket{{le="{le}"}} {running}')
-        lines.append(f"{self.name}_sum {_number(self.sum)}")
-        lines.append(f"{self.name}_count {self.count}")
+        lines.append(f"{self.name}_sum {_number(total)}")
+        lines.append(f"{self.name}_count {count}")
         return lines
+
+
+@dataclass
+class Snapshot:
+    """The counters and histograms of a registry as plain values: what
+    ``jasmin-credits-settled`` sends the gateway that started it, which adds them to its own
+    at every scrape. Gauges are left out (each process reads those itself).
+
+    ``counters``: name -> label values -> value; ``histograms``: name -> (bucket counts,
+    not cumulative; sum; count).
+    """
+
+    counters: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+    histograms: dict[str, tuple[tuple[int, ...], float, int]] = field(default_factory=dict)
+
+    def plus(self, other: Snapshot) -> Snapshot:
+        """Both added up, value by value."""
+        counters = {name: dict(values) for name, values in self.counters.items()}
+        for name, values in other.counters.items():
+            mine = counters.setdefault(name, {})
+            for key, value in values.items():
+                mine[key] = mine.get(key, 0.0) + value
+        histograms = dict(self.histograms)
+        for name, theirs in other.histograms.items():
+            mine = histograms.get(name)
+            if mine is None:
+                histograms[name] = theirs
+            elif len(mine[0]) == len(theirs[0]):  # other buckets: not comparable, left out
+                histograms[name] = (tuple(a + b for a, b in zip(mine[0], theirs[0],
+                                                                strict=True)),
+                                    mine[1] + theirs[1], mine[2] + theirs[2])
+        return Snapshot(counters, histograms)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready: ``{"counters": {name: [[label, ..., value]]}, "histograms": {name:
+        [[counts], sum, count]}}``."""
+        return {"counters": {name: [[*key, value] for key, value in sorted(values.items())]
+                             for name, values in self.counters.items()},
+                "histograms": {name: [list(counts), total, count]
+                               for name, (counts, total, count) in self.histograms.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Snapshot:
+        """The inverse of :meth:`to_json`; ValueError naming what is malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("a metrics snapshot must be an object")
+        counters: dict[str, dict[tuple[str, ...], float]] = {}
+        for name, rows in _entries(data, "counters"):
+            values = counters[name] = {}
+            for row in rows if isinstance(rows, list) else [None]:
+                if (not isinstance(row, list) or not row or not _is_number(row[-1])
+                        or not all(isinstance(v, str) for v in row[:-1])):
+                    raise ValueError(f"counter {name}: rows must be [label, ..., value]")
+                values[tuple(row[:-1])] = float(row[-1])
+        histograms: dict[str, tuple[tuple[int, ...], float, int]] = {}
+        for name, value in _entries(data, "histograms"):
+            if (not isinstance(value, list) or len(value) != 3
+                    or not isinstance(value[0], list)
+                    or not all(isinstance(n, int) for n in value[0])
+                    or not _is_number(value[1]) or not isinstance(value[2], int)):
+                raise ValueError(f"histogram {name}: must be [[counts], sum, count]")
+            histograms[name] = (tuple(value[0]), float(value[1]), value[2])
+        return cls(counters, histograms)
+
+
+def _entries(data: dict[str, Any], part: str) -> list[tuple[str, Any]]:
+    entries = data.get(part, {})
+    if not isinstance(entries, dict) or not all(isinstance(k, str) for k in entries):
+        raise ValueError(f"a metrics snapshot's {part} must be an object by name")
+    return list(entries.items())
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class Registry:
@@ -160,6 +254,8 @@ class Registry:
 
     def __init__(self) -> None:
         self.metrics: dict[str, _Metric] = {}
+        self.sources: list[Callable[[], Snapshot]] = []
+        """Other processes' figures (:class:`Snapshot`), added to ours when rendered."""
 
     def _add(self, metric: Any) -> Any:
         if metric.name in self.metrics:
@@ -177,12 +273,31 @@ class Registry:
                   buckets: Iterable[float] = DEFAULT_BUCKETS) -> Histogram:
         return self._add(Histogram(name, help_text, buckets))
 
+    def snapshot(self) -> Snapshot:
+        """This registry's own counters and histograms (sources not included)."""
+        snap = Snapshot()
+        for metric in self.metrics.values():
+            if type(metric) is Counter:
+                snap.counters[metric.name] = dict(metric.values)
+            elif isinstance(metric, Histogram):
+                snap.histograms[metric.name] = (tuple(metric.counts), metric.sum, metric.count)
+        return snap
+
     def render(self) -> str:
-        """Every metric in the Prometheus text format, ending with a newline."""
+        """Every metric in the Prometheus text format, ending with a newline: ours plus
+        what each of :attr:`sources` reports."""
+        added = Snapshot()
+        for source in self.sources:
+            added = added.plus(source())
         lines: list[str] = []
         for metric in self.metrics.values():
             lines += metric.header()
-            lines += metric.samples()
+            if type(metric) is Counter:
+                lines += metric.samples(added.counters.get(metric.name))
+            elif isinstance(metric, Histogram):
+                lines += metric.samples(added.histograms.get(metric.name))
+            else:
+                lines += metric.samples()
         return "\n".join(lines) + "\n"
 
 
@@ -217,6 +332,9 @@ class NoMetrics:
         pass
 
     def outcome_given_up(self) -> None:
+        pass
+
+    def settlement_event(self, event: str, outcome: str) -> None:
         pass
 
     def observe_store_call(self, seconds: float) -> None:
@@ -269,6 +387,10 @@ class CreditMetrics(NoMetrics):
             p + "outcomes_given_up_total",
             "SMSC answers and delivery receipts left unsettled after every retry (the sweeper "
             "settles those messages).")
+        self.settlement_events = r.counter(
+            p + "settlement_events_total",
+            "Jasmin events settlement read from its queues, by event and what became of "
+            "them (dropped: given up after every attempt).", ("event", "outcome"))
         self._store: Any = None
 
     # -- hooks --------------------------------------------------------------------------
@@ -304,6 +426,9 @@ class CreditMetrics(NoMetrics):
 
     def outcome_given_up(self) -> None:
         self.outcomes_given_up.inc()
+
+    def settlement_event(self, event: str, outcome: str) -> None:
+        self.settlement_events.inc(event, outcome)
 
     def observe_store_call(self, seconds: float) -> None:
         self.store_calls.observe(seconds)
@@ -391,6 +516,15 @@ async def _awaited(result: Awaitable[None]) -> None:
     await result
 
 
+def serve_metrics(reactor: Any, metrics: CreditMetrics, port: int) -> Any:
+    """Serve ``metrics`` alone on ``http://127.0.0.1:port/`` (the drop-in interceptord's and
+    jasmin-credits-settled's ``--metrics-port``); answers the listening port."""
+    from twisted.web.server import Site
+
+    return reactor.listenTCP(port, Site(MetricsResource(metrics, clock=reactor)),
+                             interface="127.0.0.1")
+
+
 def install_metrics(http_api: Any, metrics: CreditMetrics, clock: Any = None) -> Resource:
     """Serve Jasmin's ``/metrics`` followed by ours on Jasmin's HTTP API (Site or resource)."""
     api = getattr(http_api, "resource", http_api)
@@ -402,5 +536,5 @@ def install_metrics(http_api: Any, metrics: CreditMetrics, clock: Any = None) ->
 
 __all__ = [
     "NO_METRICS", "CreditMetrics", "Counter", "Gauge", "Histogram", "MetricsResource",
-    "NoMetrics", "Registry", "install_metrics",
+    "NoMetrics", "Registry", "Snapshot", "install_metrics", "serve_metrics",
 ]

@@ -162,7 +162,7 @@ class CreditsRuntime:
         elif self.role == "gateway" and self.config.settlement.process == "child":
             from .settled_child import SettledChild
 
-            child = SettledChild(self.reactor, self.config.source)
+            child = SettledChild(self.reactor, self.config.source, metrics=self.metrics)
             child.start()
             self.services.append(child)
 

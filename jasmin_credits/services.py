@@ -105,6 +105,7 @@ async def start_settlement(runtime: CreditsRuntime) -> list[Any]:
         events=events_consumed(s.link, s.dlr_refund),
         reactor=runtime.reactor,
         clock=runtime.reactor,
+        metrics=runtime.metrics,
     )
     consumer.start().addErrback(lambda f: log.error("settlement consumer: %s", f.value))
     sweeper = Sweeper(

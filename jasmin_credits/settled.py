@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when stdin reaches end of file (the launcher's pipe: "
                              "its process died)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on http://127.0.0.1:PORT/")
+    parser.add_argument("--metrics-fd", type=int, default=None,
+                        help="write the metrics, as JSON lines, to this pipe (the launcher "
+                             "adds them to its own /metrics)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)-8s %(name)s %(message)s")
@@ -64,9 +69,31 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     exit_code = 0
 
+    writer = None
+
     def started(_: Any) -> None:
+        nonlocal writer, exit_code
         log.info("jasmin-credits-settled running: %s",
                  ", ".join(type(s).__name__ for s in runtime.services))
+        if args.metrics_fd is not None:
+            from .child_metrics import SnapshotWriter
+
+            writer = SnapshotWriter(runtime.metrics.registry, args.metrics_fd, reactor)
+            writer.start()
+        if args.metrics_port is not None:
+            from twisted.internet.error import CannotListenError
+
+            from .metrics import serve_metrics
+
+            try:
+                serve_metrics(reactor, runtime.metrics, args.metrics_port)
+            except CannotListenError as error:
+                log.critical("cannot serve metrics on 127.0.0.1:%d: %s", args.metrics_port,
+                             error.socketError)
+                exit_code = 1
+                stop()
+                return
+            log.info("metrics on http://127.0.0.1:%d/", args.metrics_port)
 
     def failed(failure: Any) -> None:
         nonlocal exit_code
@@ -82,7 +109,12 @@ def _run(args: argparse.Namespace) -> int:
             return
         stopping = True
         d = runtime.stop()
-        d.addBoth(lambda _: reactor.stop())
+        d.addBoth(stopped)
+
+    def stopped(_: Any) -> None:
+        if writer is not None:
+            writer.stop()  # the last figures, counted while stopping
+        reactor.stop()
 
     signal.signal(signal.SIGINT, lambda *a: reactor.callFromThread(stop))
     signal.signal(signal.SIGTERM, lambda *a: reactor.callFromThread(stop))

@@ -33,6 +33,9 @@ from typing import Any
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, succeed
 
+from .child_metrics import METRICS_FD, ChildMetrics
+from .metrics import CreditMetrics
+
 log = logging.getLogger("jasmin-credits.settled")
 
 LOCKED = 1
@@ -72,15 +75,35 @@ class _ChildProtocol(protocol.ProcessProtocol):
 
     errReceived = outReceived  # noqa: N815 - Twisted API
 
+    def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802, N803
+        if childFD == METRICS_FD:
+            if self.owner.metrics is not None:
+                self.owner.metrics.data_received(data)
+            return
+        super().childDataReceived(childFD, data)
+
     def processEnded(self, reason: Any) -> None:  # noqa: N802 - Twisted API
+        # Twisted calls this once the child exited and every pipe is closed, so the last
+        # line of figures it sent has been read
+        if self.owner.metrics is not None:
+            self.owner.metrics.child_ended()
         self.owner._ended(getattr(reason.value, "exitCode", None))
 
 
 class SettledChild:
-    """Runs ``python -m jasmin_credits.settled --credits-config PATH`` as a child."""
+    """Runs ``python -m jasmin_credits.settled --credits-config PATH`` as a child.
 
-    def __init__(self, reactor: Any, config_path: str, *, max_delay: float = 30.0):
+    ``metrics``: the gateway's own; the child's figures are added to them
+    (:mod:`jasmin_credits.child_metrics`), read from a pipe of their own.
+    """
+
+    def __init__(self, reactor: Any, config_path: str, *, max_delay: float = 30.0,
+                 metrics: CreditMetrics | None = None):
         self.reactor = reactor
+        self.metrics: ChildMetrics | None = None
+        if metrics is not None:
+            self.metrics = ChildMetrics()
+            metrics.registry.sources.append(self.metrics.snapshot)
         self.config_path = config_path
         self.max_delay = max_delay
         self.delay = 1.0
@@ -97,8 +120,12 @@ class SettledChild:
         argv = [sys.executable, "-m", "jasmin_credits.settled",
                 "--credits-config", self.config_path,
                 "--lock-file", lock_path(self.config_path), "--exit-with-parent"]
+        fds = {0: "w", 1: "r", 2: "r"}
+        if self.metrics is not None:
+            argv += ["--metrics-fd", str(METRICS_FD)]
+            fds[METRICS_FD] = "r"
         self.process = self.reactor.spawnProcess(_ChildProtocol(self), sys.executable, argv,
-                                                 env=dict(os.environ))
+                                                 env=dict(os.environ), childFDs=fds)
 
     def _ended(self, code: int | None) -> None:
         self.process = None

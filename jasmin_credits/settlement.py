@@ -59,6 +59,7 @@ from txamqp.queue import Closed as QueueClosed
 from .amqp import EXCHANGE, QUEUE_PREFIX, AmqpConnection, AmqpSettings, declare_bound_queue
 from .errors import StoreUnavailable
 from .keys import check_uid
+from .metrics import NO_METRICS
 from .store import CreditStore, created_ms
 
 log = logging.getLogger("jasmin-credits.settlement")
@@ -574,6 +575,12 @@ class QueueNames:
     def with_prefix(cls, prefix: str) -> QueueNames:
         return cls(f"{prefix}.submit_sm", f"{prefix}.submit_sm_resp", f"{prefix}.deliver_sm")
 
+    def event(self, queue: str) -> str:
+        """The kind of event ``queue`` holds (``submit_sm``, ``submit_sm_resp`` or
+        ``deliver_sm``)."""
+        return {self.submit_sm: SUBMIT_SM, self.submit_sm_resp: SUBMIT_SM_RESP,
+                self.deliver_sm: DELIVER_SM}[queue]
+
 
 Handler = Callable[[bytes, Mapping[str, Any]], Awaitable[Outcome]]
 Route = tuple[str, tuple[str, ...], Handler]
@@ -688,8 +695,10 @@ class SettlementConsumer:
         events: Iterable[str] = ALL_EVENTS,
         reactor: IReactorTCP | None = None,
         clock: IReactorTime | None = None,
+        metrics: Any = None,
     ):
         self.settlement = settlement
+        self.metrics = metrics if metrics is not None else NO_METRICS
         self.queues = queues or QueueNames()
         self.events = frozenset(events)
         self.prefetch = prefetch
@@ -706,7 +715,8 @@ class SettlementConsumer:
         self._started = False
         self.handled: dict[Outcome | str, int] = {}
         """Counts of handled events by outcome, plus ``requeued`` (store unavailable),
-        ``retried`` (an unexpected error, requeued) and ``dropped`` (for metrics and tests)."""
+        ``retried`` (an unexpected error, requeued) and ``dropped`` (for tests; ``metrics``
+        counts the same by event: ``settlement_events_total``)."""
 
     def _routes(self) -> tuple[list[Route], list[Route]]:
         """The queues to consume, and those to retire: ``(queue, routing keys, handler)``."""
@@ -761,9 +771,11 @@ class SettlementConsumer:
             tag = f"{queue}.{uuid.uuid4().hex[:12]}"
             await channel.basic_consume(queue=queue, no_ack=False, consumer_tag=tag)
             incoming = await client.queue(tag)
-            Deferred.fromCoroutine(self._consume(incoming, channel, handler))
+            Deferred.fromCoroutine(self._consume(incoming, channel, handler,
+                                                 self.queues.event(queue)))
 
-    async def _consume(self, incoming: Any, channel: Any, handler: Handler) -> None:
+    async def _consume(self, incoming: Any, channel: Any, handler: Handler,
+                       event: str) -> None:
         while True:
             try:
                 message = await incoming.get()
@@ -771,7 +783,7 @@ class SettlementConsumer:
                 return
             if self._stopping:
                 continue  # left unacked: the broker requeues it when we close
-            d = Deferred.fromCoroutine(self._process(channel, message, handler))
+            d = Deferred.fromCoroutine(self._process(channel, message, handler, event))
             self._inflight.add(d)
             d.addBoth(self._done, d)
 
@@ -780,10 +792,12 @@ class SettlementConsumer:
         if hasattr(result, "getTraceback"):
             log.error("settlement consumer failure: %s", result.getTraceback())
 
-    def _count(self, what: Outcome | str) -> None:
+    def _count(self, event: str, what: Outcome | str) -> None:
         self.handled[what] = self.handled.get(what, 0) + 1
+        self.metrics.settlement_event(event, what.value if isinstance(what, Outcome) else what)
 
-    async def _process(self, channel: Any, message: Any, handler: Handler) -> None:
+    async def _process(self, channel: Any, message: Any, handler: Handler,
+                       event: str) -> None:
         content = message.content
         properties = content.properties or {}
         try:
@@ -791,17 +805,18 @@ class SettlementConsumer:
         except StoreUnavailable as error:
             log.warning("credit store unavailable (%s): %s requeued in %ss", error,
                         message.routing_key, self.requeue_delay)
-            self._count("requeued")
+            self._count(event, "requeued")
             self._requeue_later(channel, message)
             return
         except Exception:
             if self._retry_failed(message, properties):
+                self._count(event, "retried")
                 self._requeue_later(channel, message)
                 return
             outcome = "dropped"
         if self._failed:
             self._failed.pop((message.routing_key, str(properties.get("message-id"))), None)
-        self._count(outcome)
+        self._count(event, outcome)
         try:
             channel.client.ack(channel, message.delivery_tag)  # amqp.ConsumerClient
         except Exception as error:  # noqa: BLE001 - the broker redelivers; idempotent
@@ -823,7 +838,6 @@ class SettlementConsumer:
             self._failed[key] = failed
             log.exception("cannot settle %s %s (attempt %d of %d): requeued in %ss",
                           key[0], key[1], failed, self.attempts, self.requeue_delay)
-            self._count("retried")
             return True
         log.exception("cannot settle %s %s after %d attempts: dropped (headers %r)", key[0],
                       key[1], failed, _headers(properties))

@@ -3,14 +3,26 @@ the store, and /metrics serving Jasmin's figures followed by ours."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
 from jasmin_credits.charging import Charger
+from jasmin_credits.child_metrics import ChildMetrics, SnapshotWriter
 from jasmin_credits.errors import Refusal
-from jasmin_credits.metrics import CreditMetrics, MetricsResource, Registry, install_metrics
+from jasmin_credits.metrics import (
+    CreditMetrics,
+    MetricsResource,
+    Registry,
+    Snapshot,
+    install_metrics,
+)
 from jasmin_credits.settlement import Settlement
 
 from .jasmin_objects import routable, smpp_message, test_pricer
@@ -68,6 +80,7 @@ class RegistryTests(SynchronousTestCase):
             "jasmin_credits_links_given_up": "counter",
             "jasmin_credits_outcome_retries": "counter",
             "jasmin_credits_outcomes_given_up": "counter",
+            "jasmin_credits_settlement_events": "counter",
         }
         self.assertEqual({n: f.type for n, f in parsed.items()}, expected)
 
@@ -96,6 +109,156 @@ class RegistryTests(SynchronousTestCase):
                          12.5)
         self.assertIn(b"version=0.0.4",
                       request.responseHeaders.getRawHeaders(b"content-type")[0])
+
+
+def counted(**refunds: int) -> CreditMetrics:
+    """Metrics of a process that refunded ``refunds`` (by cause) and timed two store calls."""
+    metrics = CreditMetrics()
+    for cause, n in refunds.items():
+        for _ in range(n):
+            metrics.refunded(cause)
+    metrics.observe_store_call(0.0001)
+    metrics.observe_store_call(3.0)
+    return metrics
+
+
+class SnapshotTests(SynchronousTestCase):
+    """Another process's figures (jasmin-credits-settled's) added to ours at render."""
+
+    def test_sources_add_up_with_our_own_figures(self):
+        ours, child = counted(dlr=1), counted(dlr=2, submit_error=4)
+        ours.registry.sources.append(child.registry.snapshot)
+        child.open.set(99)  # gauges are each process's own: not added
+        text = ours.render()
+        p = "jasmin_credits_"
+        for name, labels, value in (
+                ("refunds_total", {"cause": "dlr"}, 3),
+                ("refunds_total", {"cause": "submit_error"}, 4),
+                ("store_call_seconds_bucket", {"le": "0.0005"}, 2),
+                ("store_call_seconds_bucket", {"le": "+Inf"}, 4),
+                ("store_call_seconds_sum", {}, 6.0002),
+                ("open_reservations", {}, 0)):
+            self.assertAlmostEqual(sample(text, p + name, **labels), value, msg=name)
+        self.assertEqual(ours.refunds.value("dlr"), 1)  # rendering changes nothing
+
+    def test_json_round_trip_and_sum(self):
+        a, b = counted(dlr=2).registry.snapshot(), counted(submit_error=1).registry.snapshot()
+        self.assertEqual(Snapshot.from_json(json.loads(json.dumps(a.to_json()))), a)
+        both = a.plus(b)
+        self.assertEqual(both.counters["jasmin_credits_refunds_total"],
+                         {("dlr",): 2, ("submit_error",): 1})
+        self.assertEqual(both.histograms["jasmin_credits_store_call_seconds"][2], 4)
+        self.assertEqual(a, counted(dlr=2).registry.snapshot())  # plus changes neither
+
+    def test_malformed_snapshots_are_refused_by_name(self):
+        for data, named in (
+                ([], "an object"),
+                ({"counters": []}, "counters must be an object"),
+                ({"counters": {"x_total": [["a", "many"]]}}, "counter x_total"),
+                ({"counters": {"x_total": [[1, 2]]}}, "counter x_total"),
+                ({"counters": {"x_total": 5}}, "counter x_total"),
+                ({"histograms": {"h": [[1, "2"], 0.5, 3]}}, "histogram h"),
+                ({"histograms": {"h": [[1], 0.5]}}, "histogram h"),
+                ({"counters": {"x_total": [[True]]}}, "counter x_total")):
+            with self.assertRaises(ValueError) as raised:
+                Snapshot.from_json(data)
+            self.assertIn(named, str(raised.exception))
+
+    def test_a_label_count_that_does_not_match_is_left_out(self):
+        ours = CreditMetrics()
+        ours.registry.sources.append(
+            lambda: Snapshot({"jasmin_credits_refunds_total": {("a", "b"): 5.0,
+                                                               ("dlr",): 1.0}}))
+        text = ours.render()
+        self.assertEqual(sample(text, "jasmin_credits_refunds_total", cause="dlr"), 1)
+        self.assertNotIn("5", text.split("refunds_total", 2)[-1].splitlines()[0])
+
+
+class ChildPipeTests(SynchronousTestCase):
+    """SnapshotWriter (in the child) to ChildMetrics (in the gateway) through a real pipe."""
+
+    def setUp(self):
+        self.read_end, write_end = os.pipe()
+        os.set_blocking(self.read_end, False)
+        self.addCleanup(os.close, self.read_end)
+        self.write_end = write_end
+        self.clock = Clock()
+        self.figures = CreditMetrics()
+        self.writer = SnapshotWriter(self.figures.registry, write_end, self.clock)
+        self.gateway = ChildMetrics()
+
+    def tearDown(self):
+        if self.writer.fd is not None:
+            os.close(self.write_end)
+
+    def drain(self) -> bytes:
+        try:
+            data = os.read(self.read_end, 1 << 20)
+        except BlockingIOError:
+            return b""
+        self.gateway.data_received(data)
+        return data
+
+    def refunds(self) -> float:
+        return self.gateway.snapshot().counters["jasmin_credits_refunds_total"].get(
+            ("submit_error",), 0)
+
+    def test_changes_are_written_once_a_tick_and_nothing_when_unchanged(self):
+        self.writer.start()
+        self.assertEqual(self.drain().count(b"\n"), 1)
+        self.figures.refunded("submit_error")
+        self.figures.refunded("submit_error")
+        self.assertEqual(self.drain(), b"")  # not before the tick
+        self.clock.advance(1)
+        self.assertEqual(self.drain().count(b"\n"), 1)
+        self.assertEqual(self.refunds(), 2)
+        self.clock.advance(1)
+        self.assertEqual(self.drain(), b"")  # unchanged: nothing written
+        self.figures.refunded("submit_error")
+        self.writer.stop()  # the last figures go at once
+        self.drain()
+        self.assertEqual(self.refunds(), 3)
+
+    def test_a_full_pipe_never_blocks_and_the_line_is_finished_later(self):
+        fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe
+        for n in range(3000):  # a snapshot of ~60 KB
+            self.figures.refused(f"reason-{n:05d}")
+
+        def pump() -> int:
+            """Ticks until the writer has handed its line over; how many."""
+            self.writer.send()
+            ticks = 1
+            while self.writer._unsent and ticks < 100:
+                self.drain()
+                self.writer.send()
+                ticks += 1
+            self.drain()
+            return ticks
+
+        self.writer.send()
+        self.assertTrue(self.writer._unsent)  # the pipe took part of it; no blocking
+        self.figures.refused("reason-late")  # meanwhile: waits for the first line
+        self.assertGreater(pump(), 10)
+        refusals = self.gateway.snapshot().counters["jasmin_credits_refusals_total"]
+        self.assertEqual(len(refusals), 3000)  # the first line, whole
+        pump()
+        refusals = self.gateway.snapshot().counters["jasmin_credits_refusals_total"]
+        self.assertEqual(len(refusals), 3001)  # then the newer one
+
+    def test_gateway_gone_stops_the_writer(self):
+        os.close(self.read_end)
+        self.read_end = os.open(os.devnull, os.O_RDONLY)  # for the cleanup
+        self.writer.send()
+        self.assertIsNone(self.writer.fd)
+        os.close(self.write_end)
+
+    def test_unreadable_lines_are_ignored_with_one_warning(self):
+        self.gateway.data_received(b"{}\n")
+        with self.assertLogs("jasmin-credits.metrics", "WARNING") as logged:
+            self.gateway.data_received(b"not json\n[1]\n")
+        self.assertEqual(len(logged.output), 1)
+        self.assertIn("unreadable metrics", logged.output[0])
+        self.assertEqual(self.gateway.snapshot(), Snapshot())
 
 
 class HookTests(TestCase):

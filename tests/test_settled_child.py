@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
+import json
 
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from jasmin_credits.metrics import CreditMetrics
 from jasmin_credits.settled_child import LOCKED, SettledChild
+
+from .test_metrics import sample
 
 
 class Reactor(Clock):
@@ -14,9 +21,11 @@ class Reactor(Clock):
         super().__init__()
         self.spawned: list[tuple[float, list[str]]] = []
 
-    def spawnProcess(self, protocol, executable, args, env=None):  # noqa: N802 - Twisted API
+    def spawnProcess(self, protocol, executable, args, env=None,  # noqa: N802 - Twisted API
+                     childFDs=None):  # noqa: N803 - Twisted API
         self.spawned.append((self.seconds(), args))
         self.protocol = protocol
+        self.child_fds = childFDs
         return object()
 
 
@@ -84,3 +93,40 @@ def test_child_lines_are_forwarded_at_their_own_level(caplog):
     assert [(r.levelno, r.getMessage().split()[-1]) for r in caplog.records] == [
         (logging.WARNING, "5.0s"), (logging.ERROR, "dropped"), (logging.ERROR, "last):"),
         (logging.INFO, "released")]
+
+
+def test_child_figures_reach_the_gateways_metrics_and_survive_its_restart():
+    """The child writes its figures to a pipe of their own (fd 3); the gateway's /metrics
+    adds them to its own, and keeps a dead run's figures under the next run's (a counter
+    never goes down)."""
+    reactor = Reactor()
+    metrics = CreditMetrics()
+    metrics.refunded("dlr")  # the gateway's own
+    child = SettledChild(reactor, "/etc/jasmin/credits.yaml", metrics=metrics)
+    child.start()
+    argv = reactor.spawned[0][1]
+    assert argv[argv.index("--metrics-fd") + 1] == "3" and reactor.child_fds[3] == "r"
+
+    def run_counted(refunds: int) -> bytes:
+        figures = CreditMetrics()
+        for _ in range(refunds):
+            figures.refunded("submit_error")
+        return json.dumps(figures.registry.snapshot().to_json()).encode() + b"\n"
+
+    line = run_counted(2)
+    reactor.protocol.childDataReceived(3, line[:10])  # a pipe hands over any piece
+    reactor.protocol.childDataReceived(3, line[10:] + run_counted(3)[:7])
+    assert metrics.render().count("refunds_total{") == 2
+    assert sample(metrics.render(), "jasmin_credits_refunds_total", cause="submit_error") == 2
+    reactor.protocol.processEnded(Failure(ProcessTerminated(exitCode=1)))  # a cut line: lost
+    reactor.advance(child.delay)
+    reactor.protocol.childDataReceived(3, run_counted(1))
+    text = metrics.render()
+    assert sample(text, "jasmin_credits_refunds_total", cause="submit_error") == 3
+    assert sample(text, "jasmin_credits_refunds_total", cause="dlr") == 1
+
+
+def test_child_without_metrics_gets_no_pipe():
+    reactor = Reactor()
+    SettledChild(reactor, "/etc/jasmin/credits.yaml").start()
+    assert "--metrics-fd" not in reactor.spawned[0][1] and 3 not in reactor.child_fds

@@ -21,6 +21,7 @@ from txamqp.client import ChannelClosed
 from jasmin_credits.amqp import AmqpConnection, declare_bound_queue, declare_exchange
 from jasmin_credits.devservices import free_port
 from jasmin_credits.errors import StoreUnavailable
+from jasmin_credits.metrics import CreditMetrics
 from jasmin_credits.settlement import (
     ALL_EVENTS,
     DELIVER_SM,
@@ -678,7 +679,9 @@ class ConsumerTests(TestCase):
         store = await funded(self)
         buggy = BuggyStore(store, failures=3)
         names = self.queue_names("x")
-        consumer = await self.consumer(Settlement(buggy), names, requeue_delay=0.2, attempts=3)
+        metrics = CreditMetrics()
+        consumer = await self.consumer(Settlement(buggy), names, requeue_delay=0.2, attempts=3,
+                                       metrics=metrics)
         conn = await self.publisher()
         ref = await hold(store)
         with self.assertLogs("jasmin-credits.settlement", "ERROR") as logged:
@@ -687,6 +690,11 @@ class ConsumerTests(TestCase):
                              what="dropped after 3 attempts")
         self.assertEqual(consumer.handled.get("retried"), 2)
         self.assertIn("after 3 attempts: dropped", logged.output[-1])
+        # operators see it too: the SMSC's answer, retried twice, then dropped
+        counted = metrics.settlement_events.values
+        self.assertEqual((counted.get(("submit_sm_resp", "retried")),
+                          counted.get(("submit_sm_resp", "dropped")),
+                          counted.get(("submit_sm", "settled"))), (2, 1, 1))
         self.assertEqual((await store.wallet(UID)).reserved, PRICE)  # left to the sweeper
         await self.send(conn, store, await hold(store))  # the fault has passed
         await eventually(self.settled_to(store, (1000 - PRICE, PRICE)), what="next charged")

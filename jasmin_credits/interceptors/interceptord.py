@@ -112,14 +112,10 @@ class CreditsInterceptorDaemon(InterceptorDaemon):
         yield self.runtime.start()
         yield super().start()
         if self.options["metrics-port"]:
-            from twisted.web.server import Site
+            from ..metrics import serve_metrics
 
-            from ..metrics import MetricsResource
-
-            self.components["metrics-server"] = reactor.listenTCP(
-                int(self.options["metrics-port"]),
-                Site(MetricsResource(self.runtime.metrics, clock=reactor)),
-                interface="127.0.0.1")
+            self.components["metrics-server"] = serve_metrics(
+                reactor, self.runtime.metrics, int(self.options["metrics-port"]))
 
     @defer.inlineCallbacks
     def stop(self) -> Any:

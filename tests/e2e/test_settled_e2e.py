@@ -7,7 +7,10 @@ events. With ``events`` the daemon consumes all of Jasmin's events."""
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from jasmin_credits.localgateway import wait_until
 from tests.e2e.credits_support import (
@@ -65,9 +68,32 @@ def test_charged(gateway, smpp_client, books):
 
 
 def test_errors_and_unqueued_holds_released(gateway, smpp_client, books):
-    """An SMSC error is released, and a message with no route by the daemon's sweeper."""
+    """An SMSC error is released, and a message with no route by the daemon's sweeper.
+    The refund shows in the gateway's metrics, whichever process made it (the last test of
+    the module: the only SMSC error)."""
     start = books.top_up("alice", 10_000)
     client = smpp_client()
     assert send(client, "3398000201").status == 0
     assert send(client, "442071000201").status == 0x0B  # no route
     books.wait_settled("alice", start)
+    wait_until(lambda: metric_sum(gateway, "jasmin_credits_refunds_total",
+                                  cause="submit_error") == 1,
+               20, message="the refund counted in the metrics")
+    if gateway.link == "events":  # the daemon read Jasmin's events, and dropped none
+        assert metric_sum(gateway, "jasmin_credits_settlement_events_total",
+                          event="submit_sm_resp", outcome="settled") >= 1
+        assert metric_sum(gateway, "jasmin_credits_settlement_events_total",
+                          outcome="dropped") == 0
+
+
+def metric_sum(gateway, name: str, **labels: str) -> float:
+    """``name``'s samples with ``labels`` summed over every metrics endpoint of the gateway
+    (what Prometheus would sum)."""
+    total = 0.0
+    for url in gateway.metrics_urls():
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            total += sum(s.value for s in family.samples if s.name == name
+                         and all(s.labels.get(k) == v for k, v in labels.items()))
+    return total
