@@ -240,6 +240,14 @@ class LeaseBook:
             Deferred.fromCoroutine(self.keep_name()).addErrback(
                 lambda f: log.error("keeping the gateway name failed: %s", f.getTraceback()))
 
+    def end_wallet(self, uid: str) -> None:
+        """End every lease of ``uid`` now: an operator cut its wallet through this gateway
+        (jCli), so this gateway holds nothing more on them from the answer on; other
+        gateways see the raised epoch at their next check (:meth:`check_epochs`)."""
+        for lease in list(self._leases.get(uid, ())):
+            log.info("credit lease %s of %s ends: its wallet changed", lease.id, uid)
+            self._retire(lease)
+
     async def check_epochs(self) -> None:
         """End the leases of wallets an operator changed since they were granted: a
         subtraction, new limits or settings, a removal attempt (their scripts raise the

@@ -190,6 +190,14 @@ class CreditsRuntime:
         if self.redis is not None and hasattr(self.redis, "disconnect"):
             await self.redis.disconnect()
 
+    def wallet_cut(self, uid: str) -> None:
+        """An operator subtracted from, reconfigured or tried to remove the wallet of ``uid``
+        through this process: its credit leases here end at once (the wallet's raised
+        lease epoch ends those of other gateways within their next check)."""
+        leases = getattr(self.charger, "leases", None)
+        if leases is not None:
+            leases.end_wallet(uid)
+
     # -- Jasmin seams -------------------------------------------------------------------
 
     def make_interceptor_client(self) -> InProcessInterceptor:

@@ -89,7 +89,12 @@ class StubRuntime:
         self.assignments: dict[str, dict[str, str]] = {"user": {}, "group": {"vip": "gold"}}
         self.reload_error: ConfigError | None = None
         self.reloads = 0
+        self.cut: list[str] = []
+        """Wallets whose credit leases jCli ended (:meth:`wallet_cut`)."""
         self._build()
+
+    def wallet_cut(self, uid: str) -> None:
+        self.cut.append(uid)
 
     def _build(self) -> None:
         self.pricer = Pricer(self.cards, "world", self.assignments["user"],
@@ -213,6 +218,7 @@ class CreditTopUpTests(JCliTestCase):
         self.assertEqual(entries[0].fields["actor"], "jcli:jcliadmin")
         self.assertEqual(entries[0].fields["reason"], "first payment")
         self.assertEqual(entries[0].type, "topup")
+        self.assertEqual(self.runtime.cut, [])  # adding credit leaves leases alone
 
     async def test_negative_top_up_subtracts(self):
         """credit -t alice -25 reason: optparse does not read -25 as an option; it subtracts."""
@@ -224,6 +230,7 @@ class CreditTopUpTests(JCliTestCase):
         entries, _ = await self.store.log("alice")
         self.assertEqual((entries[0].type, entries[0].fields["amount"]), ("adjust", "-250000"))
         self.assertEqual(entries[0].fields["reason"], "refund of test traffic")
+        self.assertEqual(self.runtime.cut, ["alice"])  # this gateway's leases end at once
 
     async def test_each_top_up_is_a_new_operation(self):
         """The same command twice adds twice: every command has its own op id."""
@@ -373,6 +380,19 @@ class CreditShowListTests(JCliTestCase):
         self.assertIn("topup", await s.run("credit --log alice"))
         self.assertEqual(lines_of(await s.run("credit -r alice")),
                          ["Error: user alice has no wallet"])
+        self.assertEqual(self.runtime.cut, [])
+
+    async def test_remove_refused_while_messages_are_held(self):
+        """A held message (or an open lease) keeps the wallet; this gateway's leases end,
+        so that a later attempt can succeed."""
+        s = await self.session()
+        await s.run("credit -t alice 9")
+        self.assertTrue((await self.store.reserve("alice", 10_000, 1)).ok)
+        out = lines_of(await s.run("credit -r alice"))
+        self.assertEqual(len(out), 1)
+        self.assertIn("messages in flight or credit leases open", out[0])
+        self.assertIsNotNone(await self.store.wallet("alice"))
+        self.assertEqual(self.runtime.cut, ["alice"])
 
 
 class CreditSessionTests(JCliTestCase):
@@ -390,7 +410,9 @@ class CreditSessionTests(JCliTestCase):
         self.assertIn("whole number", await s.run("daily_messages 1.5"))
         self.assertIn("Exit session before quitting", await s.run("quit"))
         self.assertIsNone(await self.store.wallet("alice"))
+        self.assertEqual(self.runtime.cut, [])
         out = await s.run("ok")
+        self.assertEqual(self.runtime.cut, ["alice"])  # the new limits: leases end
         self.assertIn("Successfully updated credit settings of alice: daily=100.00,"
                       " weekly=250.50, monthly_messages=1000, overdraft=5.00,"
                       " low_balance=2.50", out)

@@ -193,12 +193,12 @@ class Published:
         self.ends.append((uid, lid))
 
 
-async def leased(store, book):
-    """Ask for alice's lease, wait for it, hold one message: (periods, lease)."""
+async def leased(store, book, uid: str = UID):
+    """Ask for ``uid``'s lease, wait for it, hold one message: (periods, lease)."""
     periods = store.period_ids(store.now_ms())
-    book.ask(UID, PRICE)
+    book.ask(uid, PRICE)
     await book.requests()
-    return periods, book.hold(UID, PRICE, periods)
+    return periods, book.hold(uid, PRICE, periods)
 
 
 class LeaseBookTests(TestCase):
@@ -367,6 +367,22 @@ class OperatorCutTests(TestCase):
         balance, reserved, unused = await books(self, store)
         self.assertEqual((balance, unused), (600, 0))
         self.assertEqual(reserved, PRICE)  # the one message held against it, not yet sent
+
+    async def test_a_cut_through_this_gateway_ends_its_leases_before_the_answer(self):
+        """jCli on this gateway (runtime.wallet_cut): no tick to wait for; other wallets'
+        leases stay."""
+        clock, store = await setup(self)
+        published = Published()
+        book = LeaseBook(store, clock, published, messages=4)
+        periods, lease = await leased(store, book)
+        await store.top_up("bob", 1000, op_id="fund-bob", actor="test")
+        _, bobs = await leased(store, book, "bob")
+        book.end_wallet(UID)
+        self.assertEqual(book.open(), [bobs])
+        self.assertIsNone(book.hold(UID, PRICE, periods))
+        book.end_wallet("nobody")  # no lease: nothing to do
+        clock.advance(book.end_delay)
+        self.assertEqual(published.ends, [(UID, lease.id)])
 
     async def test_tick_checks_epochs_and_redis_down_is_retried(self):
         clock, store = await setup(self)

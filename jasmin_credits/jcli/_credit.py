@@ -192,6 +192,8 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
         balance, _ = await self.runtime.store.top_up(
             uid, units, op_id=f"jcli-{uuid.uuid4().hex}", actor=actor, reason=reason,
             kind="topup" if units > 0 else "adjust")
+        if units < 0:
+            self.runtime.wallet_cut(uid)  # no message more on credit leased before
         if units > 0:
             return (f"Successfully added {self.amount(units)} credits to {uid}:"
                     f" balance {self.amount(balance)}")
@@ -210,6 +212,9 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
             balance = await self.runtime.store.remove(uid, actor)
         except UnknownWallet:
             raise CommandError(f"Error: user {uid} has no wallet") from None
+        except ValueError:  # messages in flight or leases open: end this gateway's
+            self.runtime.wallet_cut(uid)
+            raise
         return (f"Successfully removed the wallet of {uid} (balance was"
                 f" {self.amount(balance)}; its logs are kept)")
 
@@ -270,6 +275,7 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
                 await self.runtime.store.configure(uid, settings)
             finally:
                 self.saving = False
+            self.runtime.wallet_cut(uid)  # new limits apply to the next message
             self.protocol.sendData(
                 f"Successfully updated credit settings of {uid}: {self._describe(settings)}",
                 prompt=False)

@@ -3,8 +3,9 @@
 Credit leases are on by default: jasmind holds single messages against credit it carved out
 of the wallet, answering without Redis. An operator who debits a customer to nothing (from
 jCli, as here) expects the next message refused, not accepted for as long as the lease
-lasts. The debit raises the wallet's lease epoch (``lua/topup.lua``); jasmind checks the
-epochs of the wallets it leases every second and ends the lease (``LeaseBook.check_epochs``).
+lasts. A debit through this gateway's jCli ends its leases on the wallet before the answer
+(``runtime.wallet_cut``); the debit also raises the wallet's lease epoch (``lua/topup.lua``),
+which other gateways check every second (``LeaseBook.check_epochs``).
 
 The lease here would not end on its own during the test (``idle_seconds`` 60, ``seconds``
 120), so only the debit can end it. Real redis-server, RabbitMQ, jasmind through our
@@ -61,10 +62,12 @@ def test_debit_from_jcli_ends_the_open_lease_at_once(gateway, smpp_client, books
         # (the example config keeps amounts with 4 decimals)
         out = jcli.run(f"credit -t alice -{format_amount(balance, 4)} customer blocked")
     assert out.startswith("Successfully subtracted"), out
+    # the very next message: no tick of the lease book in between to count on
+    assert send(client, "447911000302").status == ESME_RX_P_APPN
 
     wait_until(lambda: "its wallet changed" in jasmind_log(gateway), 20,
-               message="jasmind ending the lease of the debited wallet")
+               message="jasmind logging the end of the debited wallet's lease")
     wait_until(lambda: books.wallet("alice").leased == 0, 20, interval=0.1,
                message="the lease's unused credit given back")
-    assert send(client, "447911000302").status == ESME_RX_P_APPN
+    assert send(client, "447911000303").status == ESME_RX_P_APPN
     books.wait_settled("alice", 0)
