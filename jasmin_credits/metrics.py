@@ -21,10 +21,11 @@ Metrics (all names start with ``jasmin_credits_``):
 ``plan_runs_total{kind}``                   counter    applied plan runs (scheduled, threshold)
 ``events_published_total{sink}``            counter    outbox events delivered (amqp, webhook)
 ``events_failed_total{sink}``               counter    deliveries given up after retries
-``link_retries_total``                      counter    links at queueing time retried (Redis)
+``link_retries_total``                      counter    links at queueing time retried (Redis
+                                                       unavailable, or an unexpected error)
 ``links_given_up_total``                    counter    holds left unlinked after every retry
 ``outcome_retries_total``                   counter    SMSC answers and receipts settled in
-                                                       process retried (Redis)
+                                                       process retried (as links)
 ``outcomes_given_up_total``                 counter    answers and receipts left unsettled
                                                        after every retry
 ``settlement_events_total{event,outcome}``  counter    Jasmin events settlement read from
@@ -375,14 +376,15 @@ class CreditMetrics(NoMetrics):
                                 "Outbox event deliveries given up, by sink.", ("sink",))
         self.link_retries = r.counter(
             p + "link_retries_total",
-            "Links of a hold to its message id at queueing time retried (store unavailable).")
+            "Links of a hold to its message id at queueing time retried (store unavailable, or "
+            "an unexpected error).")
         self.links_given_up = r.counter(
             p + "links_given_up_total",
             "Holds left unlinked to their message id after every retry (not charged).")
         self.outcome_retries = r.counter(
             p + "outcome_retries_total",
             "SMSC answers and delivery receipts settled in process retried (store "
-            "unavailable).")
+            "unavailable, or an unexpected error).")
         self.outcomes_given_up = r.counter(
             p + "outcomes_given_up_total",
             "SMSC answers and delivery receipts left unsettled after every retry (the sweeper "

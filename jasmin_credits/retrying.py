@@ -10,8 +10,11 @@ waits for it, and no failure reaches Jasmin:
   (``initial_delay`` up to ``max_delay``) for at most ``give_up_after`` seconds, while at most
   ``max_waiting`` calls wait (a call over that bound is tried once). A warning says how many
   wait, at most every ``warn_every`` seconds;
-- a ``ValueError`` (malformed input: retrying cannot help) or any other error: given up at
-  once (the other errors logged with their traceback).
+- a ``ValueError`` (malformed input: retrying cannot help): given up at once;
+- any other error (a bug, a reply that does not look like one): logged with its traceback
+  and tried again ``unexpected_delay`` seconds later, up to ``unexpected_attempts`` attempts
+  in all, as settlement's consumer does with the events it reads (money is at stake: a
+  passing fault must not lose the call, and a call that always fails must end).
 
 A call given up is counted (``given_up`` and the ``on_give_up`` hook, for metrics) and its
 ``give_up(why)`` callback says what that means for the books. In memory, not durable: calls
@@ -58,9 +61,15 @@ class BackgroundRetry:
         warn_every: float = 10.0,
         on_retry: Callable[[], None] = _nothing,
         on_give_up: Callable[[], None] = _nothing,
+        unexpected_attempts: int = 5,
+        unexpected_delay: float = 5.0,
     ):
         if not 0 < initial_delay <= max_delay:
             raise ValueError("need 0 < initial_delay <= max_delay")
+        if unexpected_attempts < 1 or unexpected_delay < 0:
+            raise ValueError("need unexpected_attempts >= 1 and unexpected_delay >= 0")
+        self.unexpected_attempts = unexpected_attempts
+        self.unexpected_delay = unexpected_delay
         self.clock = clock
         self.give_up_after = give_up_after
         self.initial_delay = initial_delay
@@ -104,7 +113,7 @@ class BackgroundRetry:
                         give_up: Callable[[str], None], retry: bool) -> None:
         started = self.clock.seconds()
         delay = self.initial_delay
-        attempts = 0
+        attempts = unexpected = 0
         while True:
             attempts += 1
             try:
@@ -122,10 +131,17 @@ class BackgroundRetry:
             except ValueError as error:  # malformed input: retrying cannot help
                 self._give_up(give_up, f"malformed: {error}")
                 return
-            except Exception as error:  # noqa: BLE001 - a bug must not become a retry loop
-                self.log.exception("%s failed", label)
-                self._give_up(give_up, f"{type(error).__name__}: {error}")
-                return
+            except Exception as error:  # noqa: BLE001 - retried a few times, never raised
+                unexpected += 1
+                if not retry or self._stopping or unexpected >= self.unexpected_attempts:
+                    self.log.exception("%s failed (attempt %d)", label, attempts)
+                    self._give_up(give_up, f"{type(error).__name__}: {error}")
+                    return
+                self.log.exception("%s failed (attempt %d of %d): tried again in %gs",
+                                   label, unexpected, self.unexpected_attempts,
+                                   self.unexpected_delay)
+                self.on_retry()
+                await self._sleep(self.unexpected_delay)
             else:
                 self.done += 1
                 if attempts > 1:

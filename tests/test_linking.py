@@ -193,12 +193,36 @@ class WrapperTests(SynchronousTestCase):
         self.assertEqual(submit(self.manager, bad).result, self.published_msgid())
         self.assertEqual((self.store.attempts, self.linker.given_up), (0, 1))
 
-    def test_unexpected_error_given_up_without_raising(self):
-        """Any other error in the store is logged and counted, never raised into Jasmin."""
+    def test_unexpected_error_retried_then_given_up_without_raising(self):
+        """Any other error in the store is logged, tried again 5 s later up to 5 attempts
+        (as settlement's consumer does), counted, and never raised into Jasmin."""
         self.store.error = RuntimeError("bug")
-        d = submit(self.manager, pdu())
-        self.assertEqual(d.result, self.published_msgid())
-        self.assertEqual((self.store.attempts, self.linker.given_up), (1, 1))
+        with self.assertLogs("jasmin-credits", "ERROR") as logged:
+            d = submit(self.manager, pdu())
+            self.assertEqual(d.result, self.published_msgid())
+            self.assertEqual((self.store.attempts, self.linker.given_up), (1, 0))
+            for attempts in (2, 3, 4, 5):
+                self.clock.advance(4.99)
+                self.assertEqual(self.store.attempts, attempts - 1)
+                self.clock.advance(0.01)
+                self.assertEqual(self.store.attempts, attempts)
+        self.assertEqual((self.linker.given_up, self.linker.pending), (1, 0))
+        self.assertIn("(attempt 1 of 5): tried again in 5s", logged.output[0])
+        self.assertIn("RuntimeError: bug", logged.output[-1])
+        self.assertEqual((self.metrics.link_retries.value(),
+                          self.metrics.links_given_up.value()), (4, 1))
+        self.clock.advance(60)
+        self.assertEqual(self.store.attempts, 5)
+
+    def test_unexpected_error_that_passes_links(self):
+        """A fault that passes (one failed attempt) loses nothing: the retry links."""
+        self.store.error = RuntimeError("passing fault")
+        with self.assertLogs("jasmin-credits", "ERROR"):
+            d = submit(self.manager, pdu())
+        self.store.error = None
+        self.clock.advance(5)
+        self.assertEqual(self.store.links, [(UID, REF, d.result, 1)])
+        self.assertEqual((self.linker.given_up, self.linker.done), (0, 1))
 
     def test_broken_linker_never_reaches_jasmin(self):
         """Even a linker that raises leaves Jasmin's answer as it was."""

@@ -143,7 +143,8 @@ class WrapperTests(SynchronousTestCase):
         comes back, nothing raised, each counted as given up."""
         self.settlement.error = RuntimeError("bug")
         self.assertIsNotNone(publish(self.factory, resp("m-1", "ESME_ROK")))
-        self.assertEqual(self.observer.given_up, 1)
+        self.clock.pump([5.0] * 4)  # tried 5 times, 5 s apart: then given up
+        self.assertEqual((self.settlement.attempts, self.observer.given_up), (5, 1))
         self.assertIsNotNone(publish(self.factory, object()))
 
         class Broken(OutcomeObserver):
