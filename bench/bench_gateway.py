@@ -354,9 +354,15 @@ def configurations() -> dict[str, Configuration]:
                            False, True, True),
         "L": Configuration("L", "launcher, the defaults: pre-routing charging, credit leases "
                                 "(single messages held from jasmind's memory), settlement in "
-                                "its jasmin-credits-settled child",
+                                "its jasmin-credits-settled child (settlement.nice 10)",
                            {"credits_config": config,
                             "credits_overrides": {"charging": {"mode": "pre-routing"}}},
+                           False, True, True),
+        "K": Configuration("K", "as (L), settlement.nice 0: the child at jasmind's priority "
+                                "(the defaults before the ninth session)",
+                           {"credits_config": config,
+                            "credits_overrides": {"charging": {"mode": "pre-routing"},
+                                                  "settlement": {"nice": 0}}},
                            False, True, True),
         "6": Configuration("6", "as (5), settlement off in jasmind (ceiling if settled elsewhere)",
                            {"credits_config": config,

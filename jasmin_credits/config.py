@@ -80,6 +80,9 @@ class SettlementConfig:
     unanswered_policy: str = "refund"
     dlr_refund: frozenset[str] = frozenset()
     sweep_interval: float = 30.0
+    nice: int = 10
+    """Niceness ``jasmin-credits-settled`` adds to itself when a gateway starts it
+    (``process: child``): its work can wait, jasmind's answers cannot."""
     retry_statuses: frozenset[str] = frozenset(
         {"ESME_RSYSERR", "ESME_RTHROTTLED", "ESME_RMSGQFUL", "ESME_RINVSCHED"})
 
@@ -439,6 +442,9 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         unanswered_policy=s.string("unanswered_policy", "refund", ("refund", "commit")),
         dlr_refund=frozenset(x.upper() for x in dlr_refund),
         sweep_interval=s.seconds("sweep_interval", 30.0),
+        # below jasmind's priority: on a busy machine settlement's work waits a little,
+        # jasmind's answers do not (docs/benchmarks.md, ninth session)
+        nice=s.integer("nice", 10, 0, 19),
         retry_statuses=_status_names(s, "retry_statuses", SettlementConfig.retry_statuses),
     )
     if settlement.unanswered_timeout <= settlement.unqueued_timeout:

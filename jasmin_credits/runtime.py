@@ -162,7 +162,8 @@ class CreditsRuntime:
         elif self.role == "gateway" and self.config.settlement.process == "child":
             from .settled_child import SettledChild
 
-            child = SettledChild(self.reactor, self.config.source, metrics=self.metrics)
+            child = SettledChild(self.reactor, self.config.source, metrics=self.metrics,
+                                 nice=self.config.settlement.nice)
             child.start()
             self.services.append(child)
 

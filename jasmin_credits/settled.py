@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when stdin reaches end of file (the launcher's pipe: "
                              "its process died)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="lower this process's priority by this much (0-19) at start")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on http://127.0.0.1:PORT/")
     parser.add_argument("--metrics-fd", type=int, default=None,
@@ -59,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
+
+    if args.nice:
+        _lower_priority(args.nice)
 
     from .runtime import CreditsRuntime
 
@@ -124,6 +130,14 @@ def _run(args: argparse.Namespace) -> int:
     reactor.callWhenRunning(lambda: runtime.start().addCallbacks(started, failed))
     reactor.run(installSignalHandlers=False)
     return exit_code
+
+
+def _lower_priority(increment: int) -> None:
+    """Add ``increment`` to this process's niceness (0 to 19: never above normal)."""
+    try:
+        os.nice(max(0, min(19, increment)))
+    except OSError as error:  # a sandbox without setpriority: run at normal priority
+        log.warning("cannot lower the priority of jasmin-credits-settled: %s", error)
 
 
 def _wait_for_parent_exit(reactor: Any, stop: Any) -> None:

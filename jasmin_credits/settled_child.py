@@ -94,12 +94,15 @@ class SettledChild:
     """Runs ``python -m jasmin_credits.settled --credits-config PATH`` as a child.
 
     ``metrics``: the gateway's own; the child's figures are added to them
-    (:mod:`jasmin_credits.child_metrics`), read from a pipe of their own.
+    (:mod:`jasmin_credits.child_metrics`), read from a pipe of their own. ``nice``: the
+    child lowers its priority by that much (``settlement.nice``), so that on a busy machine
+    jasmind's answers go first and settlement, which can wait, takes what is left.
     """
 
     def __init__(self, reactor: Any, config_path: str, *, max_delay: float = 30.0,
-                 metrics: CreditMetrics | None = None):
+                 metrics: CreditMetrics | None = None, nice: int = 0):
         self.reactor = reactor
+        self.nice = nice
         self.metrics: ChildMetrics | None = None
         if metrics is not None:
             self.metrics = ChildMetrics()
@@ -120,6 +123,8 @@ class SettledChild:
         argv = [sys.executable, "-m", "jasmin_credits.settled",
                 "--credits-config", self.config_path,
                 "--lock-file", lock_path(self.config_path), "--exit-with-parent"]
+        if self.nice:
+            argv += ["--nice", str(self.nice)]
         fds = {0: "w", 1: "r", 2: "r"}
         if self.metrics is not None:
             argv += ["--metrics-fd", str(METRICS_FD)]

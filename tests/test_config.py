@@ -69,6 +69,10 @@ def test_defaults_never_use_esme_rsyserr():
          "f.yaml: charging.lease: credit leases need settlement.link: events"),
         ({"charging": {"mode": "interceptor-pb", "lease": {"messages": 10}}},
          "f.yaml: charging.lease: credit leases need settlement.link: events"),
+        ({"settlement": {"nice": 20}},
+         "f.yaml: settlement.nice: must be a whole number from 0 to 19, got 20"),
+        ({"settlement": {"nice": "low"}},
+         "f.yaml: settlement.nice: must be a whole number from 0 to 19, got 'low'"),
     ],
 )
 def test_bad_values_name_file_key_and_problem(data, message, tmp_path):
@@ -173,3 +177,8 @@ def test_fuzzed_configs_load_or_fail_with_config_error(data):
         parse_config(data, "fuzz.yaml", REPO / "config")
     except ConfigError as error:
         assert str(error).startswith("fuzz.yaml")
+
+
+def test_settled_child_runs_below_jasmind_by_default(tmp_path):
+    assert parse_config({}, "f.yaml", tmp_path).settlement.nice == 10
+    assert parse_config({"settlement": {"nice": 0}}, "f.yaml", tmp_path).settlement.nice == 0

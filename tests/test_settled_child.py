@@ -33,6 +33,14 @@ def test_child_is_told_to_stop_with_its_parent():
     reactor = Reactor()
     SettledChild(reactor, "/etc/jasmin/credits.yaml").start()
     assert "--exit-with-parent" in reactor.spawned[0][1]
+    assert "--nice" not in reactor.spawned[0][1]
+
+
+def test_child_is_told_its_niceness():
+    reactor = Reactor()
+    SettledChild(reactor, "/etc/jasmin/credits.yaml", nice=10).start()
+    argv = reactor.spawned[0][1]
+    assert argv[argv.index("--nice") + 1] == "10"
 
 
 def test_lock_taken_keeps_trying_with_back_off():

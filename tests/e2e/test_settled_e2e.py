@@ -8,6 +8,7 @@ events. With ``events`` the daemon consumes all of Jasmin's events."""
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -44,6 +45,7 @@ def gateway(request):
         if link == "events":
             gw.wait_for_consumers(set(OUR_QUEUES) - {RECEIPTS_QUEUE})
         gw.link = link
+        gw.process = process
         yield gw
 
 
@@ -56,6 +58,16 @@ def test_who_consumes_jasmins_events(gateway):
     assert {q: consumers.get(q, 0) for q in OUR_QUEUES} == {
         q: 0 if q == RECEIPTS_QUEUE else expected for q in OUR_QUEUES}
     assert RECEIPTS_QUEUE not in {queue for _, queue, _ in gateway.rabbitmq.bindings()}
+
+
+def test_the_child_runs_below_jasmind(gateway):
+    """settlement.nice (10 by default) lowers the child's priority; the daemon an operator
+    runs (separate) keeps the priority it was started with."""
+    (pid, _), = settled_processes(gateway.credits_config)
+    nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    jasmind = gateway.children["jasmind"].process.pid
+    base = int(Path(f"/proc/{jasmind}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    assert nice - base == (10 if gateway.process == "child" else 0)
 
 
 def test_charged(gateway, smpp_client, books):
