@@ -84,7 +84,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.metrics_fd is not None:
             from .child_metrics import SnapshotWriter
 
-            writer = SnapshotWriter(runtime.metrics.registry, args.metrics_fd, reactor)
+            try:
+                writer = SnapshotWriter(runtime.metrics.registry, args.metrics_fd, reactor)
+            except OSError as error:  # not an open file descriptor
+                log.critical("--metrics-fd %d: %s", args.metrics_fd, error.strerror)
+                exit_code = 2
+                stop()
+                return
             writer.start()
         if args.metrics_port is not None:
             from twisted.internet.error import CannotListenError
