@@ -382,17 +382,14 @@ async def link_tag(store: CreditStore, msgid: str, tag: dict[str, Any] | None) -
     if tag is None:
         return Outcome.IGNORED
     if "lease" in tag:
-        # Held against a gateway's lease: write the reservation, then link it. Both are
-        # queued in this order before anything is awaited, so they reach Redis ahead of
-        # the lease's end marker, which follows this message in the queue.
+        # Held against a gateway's lease: write the reservation and link it, in one call
+        # (two could run in either order). Should the lease's end marker, which follows this
+        # message in the queue, reach Redis first, the hold is taken from the wallet
+        # ('late_hold'): the message is still charged once.
         lease = parse_lease(tag["lease"])
-        held = store.hold_leased(tag["uid"], tag["ref"], lease.lease_id, lease.unit_price,
-                                 tag["parts"], lease.messages, lease.quote, lazy=True)
-        try:
-            settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"],
-                                       lazy=True)
-        finally:
-            await held
+        settled = await store.link_leased(tag["uid"], tag["ref"], msgid, lease.lease_id,
+                                          lease.unit_price, tag["parts"], lease.messages,
+                                          lease.quote, lazy=True)
     else:
         settled = await store.link(tag["uid"], tag["ref"], msgid, tag["parts"], lazy=True)
     if not settled.found:

@@ -443,6 +443,21 @@ class CreditStore:
             [uid, ref, unit_price, parts, messages, self.now_ms(),
              *self.period_ids(created_ms(ref)), quote], lazy)
 
+    async def link_leased(self, uid: str, ref: str, msgid: str, lease_id: str,
+                          unit_price: int, parts: int, messages: int, quote: str, *,
+                          lazy: bool = False) -> Settled:
+        """:meth:`hold_leased` and :meth:`link` to ``msgid`` in one atomic call: settlement's
+        calls travel on several connections, so two calls could run in either order, and a
+        link before its hold links nothing. Idempotent on ``ref`` and ``msgid``."""
+        user = self.keys.of(uid)
+        status, changed, balance, reserved, open_parts = await self._run(
+            "lease_link",
+            [user.wallet, user.reservation(ref), self.keys.lease(uid, lease_id), user.open,
+             user.events, user.log, self.keys.message(msgid)],
+            [uid, ref, unit_price, parts, messages, self.now_ms(),
+             *self.period_ids(created_ms(ref)), quote, msgid], lazy)
+        return Settled(status == OK, changed, balance, reserved, open_parts)
+
     async def end_lease(self, uid: str, lease_id: str, *, lazy: bool = False) -> int | None:
         """Give back what lease ``lease_id`` did not hold; answers that amount, or None if
         the lease was ended already (or its wallet removed)."""

@@ -15,6 +15,7 @@ from jasmin_credits.settlement import (
     Settlement,
     lease_end_marker,
     lease_field,
+    link_tag,
 )
 from jasmin_credits.store import new_ref
 from jasmin_credits.sweeper import Sweeper
@@ -76,6 +77,49 @@ class LeaseOperationTests(TestCase):
                          ("charge", -PRICE, "GB"))
         usage = (await store.wallet(UID)).usage[0]
         self.assertEqual((usage.credits, usage.msgs), (PRICE, 1))
+
+    async def test_link_leased_holds_and_links_in_one_call(self):
+        """Settlement's write of a leased message: hold and link atomically, so its answer
+        charges it whatever order the calls around it run in; repeats change nothing, and a
+        hold an earlier run wrote without its link is linked."""
+        _, store = await setup(self)
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 500, 50, least=PRICE, deadline_ms=deadline(store))
+        ref = new_ref(store.now_ms())
+        self.assertIsNone(await store.settle_message("m1", True))  # the answer came first
+        linked = await store.link_leased(UID, ref, "m1", lid, PRICE, 1, 1, QUOTE)
+        self.assertTrue(linked.found)
+        self.assertEqual(linked.changed, -PRICE)  # the kept answer charged it at once
+        again = await store.link_leased(UID, ref, "m1", lid, PRICE, 1, 1, QUOTE)
+        self.assertEqual((again.found, again.changed), (True, 0))
+        self.assertEqual(await books(self, store), (1000 - PRICE, 490, 490))
+        earlier = new_ref(store.now_ms())
+        await store.hold_leased(UID, earlier, lid, PRICE, 1, 1, QUOTE)  # its link was lost
+        await store.link_leased(UID, earlier, "m2", lid, PRICE, 1, 1, QUOTE)
+        await store.commit(UID, earlier, "m2")
+        self.assertEqual(await books(self, store), (1000 - 2 * PRICE, 480, 480))
+        self.assertFalse((await store.link_leased("nobody", new_ref(store.now_ms()), "m3",
+                                                  lid, PRICE, 1, 1, QUOTE)).found)
+
+    async def test_settlement_writes_a_leased_message_in_one_operation(self):
+        """The regression behind lease_link: the handler of a leased message's submit.sm
+        sends one store operation, never a hold and a link that could be reordered."""
+        _, store = await setup(self)
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 500, 50, least=PRICE, deadline_ms=deadline(store))
+        sent: list[str] = []
+        run = store.scripts.run
+
+        def recording(name, keys, args, lazy=False):
+            sent.append(name)
+            return run(name, keys, args, lazy)
+
+        store.scripts.run = recording
+        tag = {"uid": UID, "ref": new_ref(store.now_ms()), "parts": 1,
+               "lease": lease_field(lid, PRICE, 1, QUOTE)}
+        self.assertEqual(await link_tag(store, "m1", tag), Outcome.SETTLED)
+        self.assertEqual(sent, ["lease_link"])
+        self.assertEqual((await store.wallet(UID)).leased, 490)
 
     async def test_two_gateways_never_lease_more_than_the_wallet(self):
         """Leases are carved atomically: a second one gets what the first left."""
