@@ -95,9 +95,9 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
-    def samples(self, added: Any = None) -> list[str]:
-        """The metric's lines; ``added``: another process's values of it (a
-        :class:`Snapshot` entry), summed with this one's."""
+    def samples(self, values: Any = None) -> list[str]:
+        """The metric's lines, for ``values`` (a :class:`Snapshot` entry: this metric's and
+        other processes' added up) or, by default, this process's own."""
         raise NotImplementedError
 
 
@@ -121,15 +121,11 @@ class Counter(_Metric):
     def value(self, *labels: str) -> float:
         return self.values.get(self._key(labels), 0.0)
 
-    def samples(self, added: Mapping[tuple[str, ...], float] | None = None) -> list[str]:
-        values = self.values
-        if added:
-            values = dict(values)
-            for key, value in added.items():
-                if len(key) == len(self.label_names):
-                    values[key] = values.get(key, 0.0) + value
+    def samples(self, values: Mapping[tuple[str, ...], float] | None = None) -> list[str]:
+        values = self.values if values is None else values
+        # (another process's labels that do not fit this metric are left out)
         return [f"{self.name}{_labels(self.label_names, k)} {_number(v)}"
-                for k, v in sorted(values.items())]
+                for k, v in sorted(values.items()) if len(k) == len(self.label_names)]
 
 
 class Gauge(Counter):
@@ -161,11 +157,8 @@ class Histogram(_Metric):
         self.sum += value
         self.count += 1
 
-    def samples(self, added: tuple[tuple[int, ...], float, int] | None = None) -> list[str]:
-        counts, total, count = self.counts, self.sum, self.count
-        if added and len(added[0]) == len(counts):  # other buckets: not comparable
-            counts = [a + b for a, b in zip(counts, added[0], strict=True)]
-            total, count = total + added[1], count + added[2]
+    def samples(self, values: tuple[tuple[int, ...], float, int] | None = None) -> list[str]:
+        counts, total, count = values or (self.counts, self.sum, self.count)
         lines, running = [], 0
         for bound, n in zip(self.buckets, counts, strict=True):
             running += n
@@ -287,16 +280,16 @@ class Registry:
     def render(self) -> str:
         """Every metric in the Prometheus text format, ending with a newline: ours plus
         what each of :attr:`sources` reports."""
-        added = Snapshot()
+        totals = self.snapshot()
         for source in self.sources:
-            added = added.plus(source())
+            totals = totals.plus(source())
         lines: list[str] = []
         for metric in self.metrics.values():
             lines += metric.header()
             if type(metric) is Counter:
-                lines += metric.samples(added.counters.get(metric.name))
+                lines += metric.samples(totals.counters[metric.name])
             elif isinstance(metric, Histogram):
-                lines += metric.samples(added.histograms.get(metric.name))
+                lines += metric.samples(totals.histograms[metric.name])
             else:
                 lines += metric.samples()
         return "\n".join(lines) + "\n"

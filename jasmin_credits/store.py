@@ -430,18 +430,24 @@ class CreditStore:
                                      [])
         return dict(zip(uids, (int(e) for e in epochs), strict=True))
 
+    def _leased_hold(self, uid: str, ref: str, lease_id: str, unit_price: int, parts: int,
+                     messages: int, quote: str) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``lease_hold.lua`` (``lease_link.lua`` takes them first)."""
+        user = self.keys.of(uid)
+        return ([user.wallet, user.reservation(ref), self.keys.lease(uid, lease_id), user.open,
+                 user.events],
+                [uid, ref, unit_price, parts, messages, self.now_ms(),
+                 *self.period_ids(created_ms(ref)), quote])
+
     def hold_leased(self, uid: str, ref: str, lease_id: str, unit_price: int, parts: int,
                     messages: int, quote: str, *,
                     lazy: bool = False) -> Coroutine[Any, Any, Any]:
         """Write the reservation ``ref`` a gateway held against lease ``lease_id`` (from the
-        lease, or from the wallet if the lease ended first). Idempotent on ``ref``."""
-        user = self.keys.of(uid)
-        return self._run(
-            "lease_hold",
-            [user.wallet, user.reservation(ref), self.keys.lease(uid, lease_id), user.open,
-             user.events],
-            [uid, ref, unit_price, parts, messages, self.now_ms(),
-             *self.period_ids(created_ms(ref)), quote], lazy)
+        lease, or from the wallet if the lease ended first), without linking it: settlement
+        uses :meth:`link_leased`; this is the hold alone, as a version before it could leave
+        one. Idempotent on ``ref``."""
+        return self._run("lease_hold", *self._leased_hold(uid, ref, lease_id, unit_price,
+                                                          parts, messages, quote), lazy)
 
     async def link_leased(self, uid: str, ref: str, msgid: str, lease_id: str,
                           unit_price: int, parts: int, messages: int, quote: str, *,
@@ -449,13 +455,10 @@ class CreditStore:
         """:meth:`hold_leased` and :meth:`link` to ``msgid`` in one atomic call: settlement's
         calls travel on several connections, so two calls could run in either order, and a
         link before its hold links nothing. Idempotent on ``ref`` and ``msgid``."""
-        user = self.keys.of(uid)
+        keys, args = self._leased_hold(uid, ref, lease_id, unit_price, parts, messages, quote)
         status, changed, balance, reserved, open_parts = await self._run(
-            "lease_link",
-            [user.wallet, user.reservation(ref), self.keys.lease(uid, lease_id), user.open,
-             user.events, user.log, self.keys.message(msgid)],
-            [uid, ref, unit_price, parts, messages, self.now_ms(),
-             *self.period_ids(created_ms(ref)), quote, msgid], lazy)
+            "lease_link", [*keys, self.keys.log(uid), self.keys.message(msgid)],
+            [*args, msgid], lazy)
         return Settled(status == OK, changed, balance, reserved, open_parts)
 
     async def end_lease(self, uid: str, lease_id: str, *, lazy: bool = False) -> int | None:
