@@ -342,10 +342,17 @@ def configurations() -> dict[str, Configuration]:
                             "credits_overrides": {**in_process,
                                                   "settlement": {"process": "gateway"}}},
                            True, True, True),
-        "4": Configuration("4", "stock jasmind + our interceptord, charging",
+        "4": Configuration("4", "stock jasmind + our interceptord, charging (credit leases, "
+                                "the default since the tenth session)",
                            {**stock, "credits_config": config, "interceptord": True,
                             "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
                            True, True, False),
+        "4n": Configuration("4n", "as (4), leases off (each hold in Redis: the drop-in "
+                                  "interceptord until the ninth session)",
+                            {**stock, "credits_config": config, "interceptord": True,
+                             "credits_overrides": {"charging": {"mode": "interceptor-pb",
+                                                                "lease": {"messages": 0}}}},
+                            True, True, False),
         "5": Configuration("5", "launcher, pre-routing charging, leases off (each hold in "
                                 "Redis; the defaults before the eighth session)",
                            {"credits_config": config,

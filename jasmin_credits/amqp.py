@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from txamqp.client import Closed, TwistedDelegate
@@ -294,8 +294,9 @@ class AmqpConnection:
 
     def when_ready(self) -> Deferred:
         """A Deferred firing with the channel once a connection is ready."""
-        if self.channel is not None and self.client is not None and not self.client.closed:
-            return succeed(self.channel)
+        channel = self.ready_channel()
+        if channel is not None:
+            return succeed(channel)
         return self._service.whenConnected().addCallback(lambda _: self.channel)
 
     def stop(self) -> Deferred:
@@ -339,3 +340,62 @@ class AmqpConnection:
         self.client, self.channel = client, channel
         self.connections += 1
         log.info("AMQP connection to %s:%s ready", self.settings.host, self.settings.port)
+
+    def ready_channel(self) -> Any:
+        """The channel of the connection that is ready now, or None."""
+        client = self.client
+        if self.channel is None or client is None or client.closed:
+            return None
+        return self.channel
+
+
+class AmqpUnavailable(Exception):
+    """No AMQP connection is ready, or the broker did not take a publish."""
+
+
+class AmqpPublisher:
+    """Publishes on one :class:`AmqpConnection`, with the part of Jasmin's ``AmqpFactory``
+    our code publishes through: ``publish(exchange, routing_key, content)`` and
+    ``connected``. In our launcher, credit lease end markers go through jasmind's own
+    factory; the drop-in interceptord, a process of its own, publishes them with this.
+
+    ``on_ready(client, channel)`` declares what it publishes to, after every connection.
+    A publish while no connection is ready fails at once (:class:`AmqpUnavailable`): it is
+    not kept for later.
+    """
+
+    def __init__(self, settings: AmqpSettings, on_ready: OnReady, *,
+                 reactor: IReactorTCP | None = None, clock: IReactorTime | None = None):
+        self.connection = AmqpConnection(settings, on_ready, reactor=reactor, clock=clock)
+        self._started = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether a publish now would go out."""
+        return self.connection.ready_channel() is not None
+
+    def publish(self, exchange: str, routing_key: str, content: Content) -> Deferred:
+        """Publish ``content``; fires once written, fails with :class:`AmqpUnavailable`."""
+        channel = self.connection.ready_channel()
+        if channel is None:
+            return fail(AmqpUnavailable("AMQP connection not ready"))
+        published = maybeDeferred(channel.basic_publish, exchange=exchange,
+                                  routing_key=routing_key, content=content)
+
+        def unavailable(failure: Any) -> Any:
+            raise AmqpUnavailable(f"AMQP publish failed: {failure.getErrorMessage()}")
+
+        return published.addErrback(unavailable)
+
+    def start(self) -> None:
+        """Connect, and reconnect until :meth:`stop`."""
+        if not self._started:
+            self._started = True
+            self.connection.start()
+
+    def stop(self) -> Deferred:
+        """Close the connection politely and stop reconnecting."""
+        if not self._started:
+            return succeed(None)
+        self._started = False
+        return Deferred.fromCoroutine(self.connection.shutdown())

@@ -452,16 +452,16 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     if settlement.unanswered_timeout >= store.reservation_ttl.total_seconds():
         raise s.error("unanswered_timeout", "must be shorter than retention.reservation_days "
                       "(a reservation must outlive its settlement)")
-    leases_work = settlement.link == "events" and charging_mode != "interceptor-pb"
+    # (queueing links at queueing time, from the PDU: a leased hold is written from the event)
+    leases_work = settlement.link == "events"
     if lease.messages is None:
         # on by default where they can work: the window-1 cost of a hold is its Redis round
         # trip (docs/benchmarks.md); a configuration that cannot use them holds one by one
         default = DEFAULT_LEASE_MESSAGES if leases_work and settlement.enabled else 0
         lease = replace(lease, messages=default)
     elif lease.messages and not leases_work:
-        raise c.error("lease", "credit leases need settlement.link: events and charging.mode "
-                      "pre-routing or in-process (settlement writes each leased hold from "
-                      "the submit.sm event our launcher tags)")
+        raise c.error("lease", "credit leases need settlement.link: events (settlement "
+                      "writes each leased hold from the message's submit.sm event)")
     if settlement.link == "queueing" and charging_mode == "interceptor-pb":
         raise s.error("link", "queueing needs charging.mode in-process or pre-routing (our "
                       "launcher links as Jasmin queues); with interceptor-pb use events")

@@ -44,7 +44,7 @@ from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from txamqp.content import Content
 
-from .amqp import AmqpConnection, AmqpSettings
+from .amqp import AmqpPublisher, AmqpSettings, AmqpUnavailable
 from .errors import StoreUnavailable
 from .metrics import NO_METRICS
 from .periodic import PeriodicJob
@@ -144,39 +144,27 @@ class AmqpSink:
     def __init__(self, settings: AmqpSettings, *, exchange: str = EXCHANGE,
                  reactor: Any = None, clock: IReactorTime | None = None):
         self.exchange = exchange
-        self.connection = AmqpConnection(settings, self._on_ready, reactor=reactor,
-                                         clock=clock)
-        self._started = False
+        self.publisher = AmqpPublisher(settings, self._on_ready, reactor=reactor, clock=clock)
+        self.connection = self.publisher.connection
 
     async def _on_ready(self, client: Any, channel: Any) -> None:
         await channel.exchange_declare(exchange=self.exchange, type="topic", durable=True)
 
     def start(self) -> None:
-        if not self._started:
-            self._started = True
-            self.connection.start()
+        self.publisher.start()
 
     def stop(self) -> Deferred:
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self.connection.shutdown()
+        return self.publisher.stop()
 
     async def deliver(self, event: OutboxEvent) -> bool:
-        channel, client = self.connection.channel, self.connection.client
-        if channel is None or client is None or client.closed:
-            raise SinkUnavailable("AMQP connection not ready")
         content = Content(event.body())
         content["delivery-mode"] = 2
         content["content-type"] = "application/json"
         content["message-id"] = event.id
         try:
-            await channel.basic_publish(exchange=self.exchange, routing_key=event.routing_key,
-                                        content=content)
-        except Exception as error:
-            raise SinkUnavailable(f"AMQP publish failed: {error}") from None
+            await self.publisher.publish(self.exchange, event.routing_key, content)
+        except AmqpUnavailable as error:
+            raise SinkUnavailable(str(error)) from None
         return True
 
 

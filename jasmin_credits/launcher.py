@@ -21,7 +21,6 @@ those corrections.
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import signal
 import sys
@@ -34,6 +33,7 @@ from twisted.python import usage
 
 from jasmin_credits import jasmin_fixes
 from jasmin_credits.daemonlock import AnotherRuns, single_instance
+from jasmin_credits.daemonlog import share_log
 
 CONFIG_ENV = "JASMIN_CREDITS_CONFIG"
 DEFAULT_LOCK = "/tmp/jasmind"
@@ -209,19 +209,6 @@ class CreditsJasminDaemon(JasminDaemon):
         self.components["jcli-factory"] = factory
         if self.runtime is not None:
             self.runtime.install_jcli(factory)
-
-
-def share_log(jasmind_log: logging.Logger) -> None:
-    """Our logger (``jasmin-credits``) writes where jasmind's does (its standard output), in
-    its format, from INFO up; unless the operator gave it handlers of their own. Without
-    this only its warnings would show, bare, through logging's last-resort handler."""
-    ours = logging.getLogger("jasmin-credits")
-    if ours.handlers:
-        return
-    for handler in jasmind_log.handlers:
-        ours.addHandler(handler)
-    if ours.level == logging.NOTSET:
-        ours.setLevel(logging.INFO)
 
 
 def set_tcp_nodelay_on_accept(factory: Any) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 
 from .errors import StoreUnavailable
 from .gatewayname import GatewayName
@@ -78,7 +78,9 @@ class LeaseBook:
     unused that long ends; ``grace``: how long after ``seconds`` the sweeper waits for
     the marker; ``retry``: after a refused or failed request, how long a user's messages
     are held one by one before the next request; ``end_delay``: a replaced lease's marker
-    waits that long, so messages still between charging and queueing go before it.
+    waits that long, so messages still between charging and queueing go before it;
+    ``stop_delay``: on :meth:`stop`, the markers wait that long (0: jasmind itself is
+    stopping, so nothing more is queued).
 
     ``gateway`` names this gateway's leases in Redis (None: not named, left to the sweeper
     if the process dies). The book takes leases only while it holds that name
@@ -90,8 +92,8 @@ class LeaseBook:
     def __init__(self, store: CreditStore, clock: IReactorTime,
                  publish_end: Callable[[str, str], Any], *, messages: int,
                  seconds: float = 30.0, idle: float = 10.0, grace: float = 600.0,
-                 retry: float = 1.0, end_delay: float = 1.0, gateway: str | None = None,
-                 ready: Callable[[], bool] = lambda: True):
+                 retry: float = 1.0, end_delay: float = 1.0, stop_delay: float = 0.0,
+                 gateway: str | None = None, ready: Callable[[], bool] = lambda: True):
         if messages < 1:
             raise ValueError("a lease holds at least one message")
         self.store = store
@@ -103,6 +105,7 @@ class LeaseBook:
         self.grace = grace
         self.retry = retry
         self.end_delay = end_delay
+        self.stop_delay = stop_delay
         self._leases: dict[str, list[Lease]] = {}
         self._asking: dict[str, Deferred] = {}
         self._quiet_until: dict[str, float] = {}
@@ -316,16 +319,21 @@ class LeaseBook:
         self._loop.start(interval, now=True)
 
     def stop(self) -> Deferred:
-        """End every lease at once (jasmind is stopping: nothing more is queued), then give
-        the gateway name up."""
+        """Hold nothing more; ``stop_delay`` later, end every lease, then give the gateway
+        name up."""
         if self._loop.running:
             self._loop.stop()
-        for lease in self.open():
-            self._publish_end(lease.uid, lease.id)
+        ending = self.open()
         self._leases.clear()
-        if self.name is None:
-            return succeed(None)
-        return Deferred.fromCoroutine(self.name.release())
+        return Deferred.fromCoroutine(self._stop(ending))
+
+    async def _stop(self, ending: list[Lease]) -> None:
+        if ending and self.stop_delay:
+            await deferLater(self.clock, self.stop_delay, lambda: None)
+        for lease in ending:
+            self._publish_end(lease.uid, lease.id)
+        if self.name is not None:
+            await self.name.release()
 
 
 def default_gateway_name(lock_file: str | None) -> str:

@@ -31,6 +31,10 @@ from .store import CreditStore
 
 log = logging.getLogger("jasmin-credits")
 
+DROP_IN_END_DELAY = 5.0
+"""Seconds between a lease's last hold and its end marker in the drop-in interceptord: far
+more than jasmind takes to queue a message it was answered for, even when busy."""
+
 
 def load_cards(config: CreditsConfig) -> dict[str, RateCard]:
     """Read every card file of the config; a broken file raises ConfigError."""
@@ -238,9 +242,33 @@ class CreditsRuntime:
         self.services.append(linker)
         return linker
 
-    def _start_leases(self, amqp_broker: Any) -> None:
-        """Credit leases (``charging.lease``), their end markers published by jasmind's
-        AMQP factory ``amqp_broker``, on the channel its ``submit.sm.*`` messages take."""
+    def start_drop_in_leases(self) -> None:
+        """Credit leases in the drop-in interceptord (``charging.mode: interceptor-pb``),
+        their end markers published on a connection of its own (``amqp``).
+
+        jasmind queues a message a few milliseconds after the interceptord answers, on
+        another connection, so a lease's marker waits :data:`DROP_IN_END_DELAY` after the
+        lease's last hold (our launcher's jasmind: 1 s, on the very channel its messages
+        take). A message queued after its lease's marker all the same is held from the
+        wallet (``late_hold``): charged once either way."""
+        if not self.config.lease.messages:
+            return
+        from .amqp import AmqpPublisher, declare_exchange
+
+        publisher = AmqpPublisher(self.config.amqp,
+                                  lambda client, channel: declare_exchange(channel),
+                                  reactor=self.reactor)
+        publisher.start()
+        self.services.append(publisher)  # (stopped after the book: its stop publishes)
+        # on stop, a second for what jasmind was answered just before
+        self._start_leases(publisher, end_delay=DROP_IN_END_DELAY, stop_delay=1.0)
+
+    def _start_leases(self, amqp_broker: Any, end_delay: float = 1.0,
+                      stop_delay: float = 0.0) -> None:
+        """Credit leases (``charging.lease``), their end markers published by ``amqp_broker``
+        (jasmind's AMQP factory, on the channel its ``submit.sm.*`` messages take, or an
+        :class:`~jasmin_credits.amqp.AmqpPublisher`), ``end_delay`` after a lease's last
+        hold."""
         if self.store is None or self.charger is None:
             raise RuntimeError("start() the runtime before installing credit leases")
         from .leasing import LeaseBook, default_gateway_name
@@ -251,7 +279,8 @@ class CreditsRuntime:
             self.store, self.reactor,
             lambda uid, lease_id: amqp_broker.publish(**lease_end_marker(uid, lease_id)),
             messages=lease.messages, seconds=lease.seconds, idle=lease.idle,
-            grace=self.config.settlement.unqueued_timeout,
+            grace=self.config.settlement.unqueued_timeout, end_delay=end_delay,
+            stop_delay=stop_delay,
             gateway=lease.gateway or default_gateway_name(self.lock_file),
             ready=lambda: bool(getattr(amqp_broker, "connected", False)))
         book.start()

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from jasmin_credits.amqp import AmqpSettings
+from jasmin_credits.amqp import AmqpConnection, AmqpSettings
 from jasmin_credits.devservices import RABBITMQ_SERVER, RabbitMQServer
 
 
@@ -63,3 +65,21 @@ def rabbitmq(request, rabbitmq_server):
     request.cls.rabbitmq = rabbitmq_server
     request.cls.amqp_settings = settings_for(rabbitmq_server)
     yield rabbitmq_server
+
+
+async def listen(test: Any, settings: AmqpSettings, queue: str,
+                 declare: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Consume ``queue`` (no acks) on a connection of its own, once ``declare(channel)`` has
+    declared and bound it; the txAMQP queue of its deliveries. Stopped at the test's end."""
+    got = {}
+
+    async def on_ready(client, channel):
+        await declare(channel)
+        await channel.basic_consume(queue=queue, no_ack=True, consumer_tag="t")
+        got["incoming"] = await client.queue("t")
+
+    connection = AmqpConnection(settings, on_ready)
+    connection.start()
+    test.addCleanup(connection.stop)
+    await connection.when_ready()
+    return got["incoming"]

@@ -67,8 +67,6 @@ def test_defaults_never_use_esme_rsyserr():
          "f.yaml: charging.lease.gateway: must be a non-empty string, got 7"),
         ({"charging": {"lease": {"messages": 10}}, "settlement": {"link": "queueing"}},
          "f.yaml: charging.lease: credit leases need settlement.link: events"),
-        ({"charging": {"mode": "interceptor-pb", "lease": {"messages": 10}}},
-         "f.yaml: charging.lease: credit leases need settlement.link: events"),
         ({"settlement": {"nice": 20}},
          "f.yaml: settlement.nice: must be a whole number from 0 to 19, got 20"),
         ({"settlement": {"nice": "low"}},
@@ -104,17 +102,18 @@ def test_settlement_link_defaults_by_charging_mode(mode, link, expected):
 @pytest.mark.parametrize("sections, expected", [
     ({}, DEFAULT_LEASE_MESSAGES),
     ({"charging": {"mode": "in-process"}}, DEFAULT_LEASE_MESSAGES),
+    ({"charging": {"mode": "interceptor-pb"}}, DEFAULT_LEASE_MESSAGES),  # (tenth session)
+    ({"charging": {"mode": "interceptor-pb", "lease": {"messages": 10}}}, 10),
     ({"charging": {"lease": {"seconds": 20}}}, DEFAULT_LEASE_MESSAGES),
     ({"charging": {"lease": {"messages": None}}}, DEFAULT_LEASE_MESSAGES),
     ({"charging": {"lease": {"messages": 0}}}, 0),
     # where leases cannot work, the default is off rather than a refused file
     ({"settlement": {"link": "queueing"}}, 0),
-    ({"charging": {"mode": "interceptor-pb"}}, 0),
     ({"settlement": {"enabled": False}}, 0),
 ])
 def test_credit_leases_are_on_by_default_where_they_work(sections, expected):
-    """Left unset, ``charging.lease.messages`` is 100 with events links and our launcher's
-    charging, and off where settlement cannot write leased holds."""
+    """Left unset, ``charging.lease.messages`` is 100 with events links in every charging
+    mode, and off where settlement cannot write leased holds."""
     assert parse_config(sections, "f.yaml").lease.messages == expected
 
 

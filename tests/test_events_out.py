@@ -15,7 +15,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from jasmin_credits.amqp import AmqpConnection
 from jasmin_credits.events_out import (
     AmqpSink,
     EventPublisher,
@@ -28,7 +27,7 @@ from jasmin_credits.events_out import (
 )
 from jasmin_credits.metrics import CreditMetrics
 
-from .rabbitmq_support import rabbitmq, rabbitmq_server  # noqa: F401 - pytest fixtures
+from .rabbitmq_support import listen, rabbitmq, rabbitmq_server  # noqa: F401 - pytest fixtures
 from .redis_support import make_store
 
 SECRET = "s3cret"
@@ -235,20 +234,14 @@ class AmqpPublishTests(TestCase):
         store = await make_store(self)
         exchange = f"credits_t{id(self):x}"
         queue_name = f"q{id(self):x}"
-        got: dict[str, object] = {}
 
-        async def on_ready(client, channel):
+        async def declare(channel):
             await channel.exchange_declare(exchange=exchange, type="topic", durable=True)
             await channel.queue_declare(queue=queue_name, exclusive=True, auto_delete=True)
             await channel.queue_bind(queue=queue_name, exchange=exchange,
                                      routing_key="credits.low_balance.*")
-            await channel.basic_consume(queue=queue_name, no_ack=True, consumer_tag="t")
-            got["queue"] = await client.queue("t")
 
-        listener = AmqpConnection(self.amqp_settings, on_ready)
-        listener.start()
-        self.addCleanup(listener.stop)
-        await listener.when_ready()
+        incoming = await listen(self, self.amqp_settings, queue_name, declare)
         sink = AmqpSink(self.amqp_settings, exchange=exchange)
         publisher = EventPublisher(store, [sink], clock=reactor, interval=0.05)
         await publisher.consumers[0].ensure_group()
@@ -256,7 +249,7 @@ class AmqpPublishTests(TestCase):
         self.addCleanup(publisher.stop)
         await sink.connection.when_ready()
         await store.configure("alice", {"low_balance": 100})
-        message = await got["queue"].get().addTimeout(30, reactor)
+        message = await incoming.get().addTimeout(30, reactor)
         self.assertEqual(message.routing_key, "credits.low_balance.alice")
         doc = json.loads(message.content.body)
         self.assertEqual((doc["type"], doc["uid"], doc["threshold"]), ("low_balance", "alice",

@@ -346,6 +346,19 @@ class LeaseBookTests(TestCase):
         await book.stop()
         self.assertEqual(published.ends, [(UID, lease.id)])
 
+    async def test_stop_delay_holds_nothing_more_and_ends_leases_after_it(self):
+        """The drop-in interceptord stops while jasmind still queues what it was answered:
+        from the stop on nothing is held on a lease, and the markers wait ``stop_delay``."""
+        clock, store, book, published = await self.book(stop_delay=1.0)
+        periods, lease = await leased(store, book)
+        stopped = book.stop()
+        self.assertIsNone(book.hold(UID, PRICE, periods))
+        clock.advance(0.9)
+        self.assertEqual((published.ends, stopped.called), ([], False))
+        clock.advance(0.1)
+        self.assertEqual(published.ends, [(UID, lease.id)])
+        await stopped
+
 
 class OperatorCutTests(TestCase):
     """An operator's subtraction, settings change or removal attempt ends the wallet's

@@ -10,12 +10,18 @@ unchanged. Differences:
 - ``--credits-config`` (or ``$JASMIN_CREDITS_CONFIG``) names our YAML file, which must say
   ``charging.mode: interceptor-pb`` (settlement then links holds from Jasmin's ``submit.sm.*``
   events: ``settlement.link: queueing`` is refused, as only our launcher links that way);
-- ``--metrics-port N`` serves our Prometheus metrics on ``http://127.0.0.1:N/``.
+- ``--metrics-port N`` serves our Prometheus metrics on ``http://127.0.0.1:N/``;
+- with credit leases (``charging.lease``, on by default) it answers single messages from
+  credit it carved out of the wallet beforehand, with no Redis call per message, and
+  publishes each lease's end marker on an AMQP connection of its own
+  (:meth:`~jasmin_credits.runtime.CreditsRuntime.start_drop_in_leases`); the lease's name
+  in Redis comes from the host and ``--lock-file``.
 
 Caveat: with stock jasmind, HTTP ``/rate`` also calls the interceptor and nothing tells
-it from ``/send``. Such a hold is never queued, so the sweeper releases it after
-``settlement.unqueued_timeout``: it is never charged, but it holds credits until then.
-Our launcher does not have this problem.
+it from ``/send``. Such a hold is never queued: held one by one, the sweeper releases it
+after ``settlement.unqueued_timeout``; held against a lease, it is never written and the
+lease gives it back at its end. Either way it is never charged, but it holds credits until
+then. Our launcher does not have this problem.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from twisted.cred.checkers import AllowAnonymousAccess, InMemoryUsernamePassword
 from twisted.internet import defer, reactor
 from twisted.spread import pb
 
+from ..daemonlog import share_log
 from ..errors import ConfigError
 from .answer import answer
 from .script import run_script
@@ -95,6 +102,7 @@ class CreditsInterceptorDaemon(InterceptorDaemon):
         config = InterceptorPBConfig(self.options["config"])
         loopback_by_default(config, self.options["config"])
         avatar = ChargingInterceptorPB(config, self.runtime)
+        share_log(avatar.log)  # our lines in the interceptor's log, as in jasmind's
         self.components["interceptor-pb-factory"] = avatar
         p = portal.Portal(JasminPBRealm(avatar))
         if config.authentication:
@@ -111,6 +119,7 @@ class CreditsInterceptorDaemon(InterceptorDaemon):
     def start(self) -> Any:
         yield self.runtime.start()
         yield super().start()
+        self.runtime.start_drop_in_leases()
         if self.options["metrics-port"]:
             from ..metrics import serve_metrics
 
@@ -148,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"jasmin-credits-interceptord: {error}", file=sys.stderr)
         return 2
+    runtime.lock_file = options["lock-file"]  # names this interceptord's credit leases
     try:
         with single_instance(options["lock-file"], "jasmin-credits-interceptord"):
             daemon = CreditsInterceptorDaemon(options, runtime)

@@ -1,4 +1,5 @@
-"""Two gateways (two launchers) on one Redis, loading one wallet at the same time."""
+"""Two gateways (two launchers, or a launcher and a drop-in interceptord) on one Redis,
+loading one wallet at the same time."""
 
 from __future__ import annotations
 
@@ -24,17 +25,25 @@ OVERDRAFT = 2_000
 LEASE_MESSAGES = 20
 
 
-@pytest.mark.parametrize("lease", [False, True])
-def test_two_launchers_sharing_redis_never_overspend(lease):
+@pytest.mark.parametrize("lease, second_charges", [(False, "launcher"), (True, "launcher"),
+                                                   (True, "interceptord")])
+def test_two_gateways_sharing_redis_never_overspend(lease, second_charges):
     """Concurrent load through two gateways on one wallet: no overspend, books exact; with
-    credit leases too (each gateway holds messages against credit it carved out)."""
+    credit leases too (each gateway holds messages against credit it carved out). The
+    second gateway charges in our launcher, or in a drop-in interceptord beside it
+    (``charging.mode: interceptor-pb``, leasing as well)."""
     unit = price("336")
     overrides = settlement()
     overrides["charging"] = leases(lease, messages=LEASE_MESSAGES, seconds=2, idle_seconds=1)
+    second_overrides = overrides
+    if second_charges == "interceptord":
+        second_overrides = {**overrides,
+                            "charging": {**overrides["charging"], "mode": "interceptor-pb"}}
     with contextlib.ExitStack() as stack:
         first = stack.enter_context(credits_gateway("shared-a", overrides, funds=None))
         second = stack.enter_context(credits_gateway(
-            "shared-b", overrides, funds=None, external_redis_port=first.redis_port))
+            "shared-b", second_overrides, funds=None, external_redis_port=first.redis_port,
+            interceptord=second_charges == "interceptord"))
         books = Books(first)
         wallet = books.wallet("alice")
         start = books.top_up("alice", AFFORDABLE * unit - (wallet.balance if wallet else 0))
