@@ -93,6 +93,27 @@ def jasmin_version() -> str:
         return "unknown"
 
 
+def stock_jasmind_warning(listener_class: type | None = None) -> str | None:
+    """What the drop-in interceptord says at start when the installed Jasmin has the bug
+    (``listener_class`` defaults to Jasmin's ``SMPPClientSMListener``), or None.
+
+    A stock ``jasmind.py`` of such a version never publishes ``dlr.submit_sm_resp``, so no
+    hold the interceptord makes is ever settled by the SMSC's answer: the sweeper settles
+    each by ``settlement.unanswered_policy`` (by default a refund: never charged). The
+    interceptord cannot tell which jasmind calls it, so it says it once, at start."""
+    if listener_class is None:
+        from jasmin.managers.listeners import SMPPClientSMListener
+
+        listener_class = SMPPClientSMListener
+    if not needs_submit_sm_resp_fix(listener_class.__dict__["submit_sm_resp_event"]):
+        return None
+    return (f"the installed Jasmin ({jasmin_version()}) has the submit_sm_resp bug (upstream "
+            "#1236): a stock jasmind.py never publishes dlr.submit_sm_resp, so holds made "
+            "here would only be settled by settlement.unanswered_policy after "
+            "unanswered_timeout. Run jasmind as jasmin-credits-jasmind (same flags; without "
+            "--credits-config it is stock jasmind plus this one correction)")
+
+
 def apply() -> list[str]:
     """Apply every correction the installed Jasmin needs; return the names of those applied."""
     applied = []

@@ -120,3 +120,17 @@ class SubmitSmRespFixTests(SynchronousTestCase):
         self.assertFalse(jasmin_fixes.needs_submit_sm_resp_fix(method))
         if jasmin_fixes.jasmin_version() == "0.11.1":
             self.assertTrue(getattr(method, "__jasmin_credits_fixed__", False))
+
+
+class StockJasmindWarningTests(SynchronousTestCase):
+    """What the drop-in interceptord says at start about the jasmind that calls it."""
+
+    def test_warns_while_the_released_method_has_the_bug(self):
+        warning = jasmin_fixes.stock_jasmind_warning(_class_with(_released_method()))
+        self.assertIn("dlr.submit_sm_resp", warning)
+        self.assertIn("jasmin-credits-jasmind", warning)
+
+    def test_silent_once_jasmin_is_fixed(self):
+        cls = _class_with(_released_method())
+        jasmin_fixes.fix_submit_sm_resp_event(cls)
+        self.assertIsNone(jasmin_fixes.stock_jasmind_warning(cls))

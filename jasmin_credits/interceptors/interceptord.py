@@ -27,6 +27,7 @@ then. Our launcher does not have this problem.
 from __future__ import annotations
 
 import configparser
+import logging
 import pickle
 import signal
 import sys
@@ -46,8 +47,11 @@ from twisted.spread import pb
 
 from ..daemonlog import share_log
 from ..errors import ConfigError
+from ..jasmin_fixes import stock_jasmind_warning
 from .answer import answer
 from .script import run_script
+
+log = logging.getLogger("jasmin-credits")
 
 
 class Options(StockOptions):
@@ -120,6 +124,9 @@ class CreditsInterceptorDaemon(InterceptorDaemon):
         yield self.runtime.start()
         yield super().start()
         self.runtime.start_drop_in_leases()
+        warning = stock_jasmind_warning()
+        if warning is not None:
+            log.warning("%s", warning)
         if self.options["metrics-port"]:
             from ..metrics import serve_metrics
 
