@@ -347,6 +347,12 @@ def configurations() -> dict[str, Configuration]:
                            {**stock, "credits_config": config, "interceptord": True,
                             "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
                            True, True, False),
+        "4f": Configuration("4f", "as (4) on our launcher without charging (stock jasmind plus "
+                                  "the 0.11.1 submit_sm_resp correction): the drop-in as the "
+                                  "README deploys it on 0.11.1, every hold settled",
+                            {"credits_config": config, "interceptord": True,
+                             "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
+                            True, True, False),
         "4n": Configuration("4n", "as (4), leases off (each hold in Redis: the drop-in "
                                   "interceptord until the ninth session)",
                             {**stock, "credits_config": config, "interceptord": True,
