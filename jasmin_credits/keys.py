@@ -64,7 +64,9 @@ class Keys:
         self.assignments = f"{prefix}:card-assignments"
         """Hash ``u:<uid>`` / ``g:<gid>`` -> rate card name, set from jCli."""
         self.reload_channel = f"{prefix}:reload"
-        """Pub/sub channel telling every gateway to re-read rate cards."""
+        """Pub/sub channel telling every gateway to re-read rate cards (``cards <sender>``,
+        ``assignments <sender>``) or to end its credit leases on a wallet an operator cut
+        (``cut <uid>``, published by the scripts that raise the wallet's lease epoch)."""
         self.outbox = f"{prefix}:outbox"
         """Stream of every user's events, read by the event publisher (AMQP, webhooks)."""
         self.leases = f"{prefix}:leases"

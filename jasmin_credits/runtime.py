@@ -197,8 +197,10 @@ class CreditsRuntime:
 
     def wallet_cut(self, uid: str) -> None:
         """An operator subtracted from, reconfigured or tried to remove the wallet of ``uid``
-        through this process: its credit leases here end at once (the wallet's raised
-        lease epoch ends those of other gateways within their next check)."""
+        (through this process's jCli, or anywhere: the cut is announced on the reload
+        channel, :class:`~jasmin_credits.services.CardReloadListener`): this process's
+        credit leases on it end at once. The wallet's raised lease epoch ends them at the
+        next check (every second) where the announcement was missed."""
         leases = getattr(self.charger, "leases", None)
         if leases is not None:
             leases.end_wallet(uid)

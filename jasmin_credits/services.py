@@ -35,10 +35,14 @@ class _ReloadProtocol(txredisapi.SubscriberProtocol):
 
 
 class CardReloadListener:
-    """Re-reads cards or card assignments when any gateway announces a change.
+    """Applies what is announced on the reload channel to this process.
 
-    ``price --reload`` and ``price -a`` on one gateway publish on the reload channel; every
-    gateway on the same Redis (this one included) applies it.
+    ``price --reload`` and ``price -a`` on one gateway publish on it; every gateway on the
+    same Redis (this one included) re-reads its cards or card assignments. An operator's cut
+    of a wallet (``lua/_lib.lua`` ``cut_leases``, from any process) announces ``cut <uid>``:
+    this process ends its credit leases on that wallet at once (``runtime.wallet_cut``),
+    without waiting for its next check of the lease epochs (which still catches a cut
+    announced while it was not listening: pub/sub keeps nothing).
     """
 
     def __init__(self, runtime: CreditsRuntime):
@@ -61,6 +65,9 @@ class CardReloadListener:
 
     def _on_message(self, message: str) -> None:
         what, _, sender = message.partition(" ")
+        if what == "cut":
+            self.runtime.wallet_cut(sender)  # (the uid: a script announced it)
+            return
         if sender == self.runtime.instance:
             return  # this process applied it already
         if what == "cards":

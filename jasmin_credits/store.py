@@ -205,6 +205,7 @@ def _script_constants(settings: StoreSettings, keys: Keys) -> dict[str, int | st
         **keys.lua_constants(),
         "OPEN_USERS": keys.open_users,
         "OUTBOX": keys.outbox,
+        "RELOAD_CHANNEL": keys.reload_channel,
         "LEASES": keys.leases,
         "RESERVATION_TTL": _ms(settings.reservation_ttl),
         "CONCAT_TTL": _ms(settings.concat_ttl),

@@ -1,4 +1,5 @@
-"""The runtime's card handling on real Redis: reloads, assignments, quotes, across gateways."""
+"""The runtime's card handling on real Redis: reloads, assignments, quotes, across gateways;
+and operators' cuts announced to every gateway."""
 
 from __future__ import annotations
 
@@ -78,6 +79,26 @@ class RuntimeCardTests(TestCase):
             await first.assign_card("user", "alice", "gold")
         await first.assign_card("user", "alice", "local")
         await until(lambda: second.card_assignments()["user"] == {"alice": "local"})
+
+    async def test_a_cut_made_anywhere_reaches_another_gateway_at_once(self):
+        """A subtraction or new settings, made by any process, are announced: a gateway
+        listening ends its credit leases on that wallet without waiting for its next check
+        of the lease epochs. A top-up is no cut."""
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        cards = self.card_dir("0.0500")
+        first = await self.runtime(cards, prefix)
+        second = await self.runtime(cards, prefix)
+        cut: list[str] = []
+        second.wallet_cut = cut.append
+        listener = CardReloadListener(second)
+        self.addCleanup(listener.stop)
+        await until(lambda: listener.factory.pool)
+        await first.store.top_up("alice", 1000, op_id="a", actor="t")
+        await first.store.top_up("bob", 1000, op_id="b", actor="t")
+        await first.store.top_up("bob", -10, op_id="c", actor="t")
+        await until(lambda: cut == ["bob"])  # (in order: an announced top-up would come first)
+        await first.store.configure("alice", {"lim:credits:day": 100})
+        await until(lambda: cut == ["bob", "alice"])
 
     async def test_would_accept_explains_the_refusal(self):
         """A quote says whether the wallet would take it now, and why not."""

@@ -121,3 +121,12 @@ local function shifted_use(value, ids, credits, msgs)
   end
   return changed and table.concat(u, ' ') or nil
 end
+
+-- An operator's cut (a subtraction, new limits or settings, a refused removal) ends the
+-- wallet's credit leases: what gateways carved out must not outlive it. Each gateway checks
+-- lease_epoch every second (lease_epochs.lua); the announcement on the reload channel
+-- (RELOAD_CHANNEL) lets those listening end theirs at once.
+local function cut_leases(wallet, uid)
+  redis.call('HINCRBY', wallet, 'lease_epoch', 1)
+  redis.call('PUBLISH', RELOAD_CHANNEL, 'cut ' .. uid)
+end

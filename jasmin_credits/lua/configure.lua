@@ -24,7 +24,7 @@ for i = 5, #ARGV, 2 do
   changes[#changes + 1] = ARGV[i]
   changes[#changes + 1] = ARGV[i + 1] == '' and 'none' or ARGV[i + 1]
 end
-redis.call('HINCRBY', KEYS[1], 'lease_epoch', 1)
+cut_leases(KEYS[1], ARGV[1])
 emit(sink, changes)
 check_low(KEYS[1], sink, ARGV[2])
 return {0}

@@ -9,7 +9,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 if redis.call('ZCARD', KEYS[4]) > 0 or int(redis.call('HGET', KEYS[1], 'reserved')) ~= 0 then
   if int(redis.call('HGET', KEYS[1], 'leased')) > 0 then
-    redis.call('HINCRBY', KEYS[1], 'lease_epoch', 1)
+    cut_leases(KEYS[1], ARGV[1])
   end
   return {40, 0}
 end

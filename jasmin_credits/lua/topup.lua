@@ -22,7 +22,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local balance = redis.call('HINCRBY', KEYS[1], 'balance', ARGV[2])
 if int(ARGV[2]) < 0 then
-  redis.call('HINCRBY', KEYS[1], 'lease_epoch', 1)
+  cut_leases(KEYS[1], ARGV[1])
 end
 xadd(KEYS[2], ARGV[8], {'ts', ARGV[6], 'type', ARGV[7], 'amount', ARGV[2],
   'balance', s(balance), 'ref', ARGV[3], 'msgid', '', 'country', '', 'dest', '',
