@@ -347,9 +347,10 @@ def configurations() -> dict[str, Configuration]:
                            {**stock, "credits_config": config, "interceptord": True,
                             "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
                            True, True, False),
-        "4f": Configuration("4f", "as (4) on our launcher without charging (stock jasmind plus "
-                                  "the 0.11.1 submit_sm_resp correction): the drop-in as the "
-                                  "README deploys it on 0.11.1, every hold settled",
+        "4f": Configuration("4f", "as (4) on our launcher (stock jasmind plus the 0.11.1 "
+                                  "submit_sm_resp correction; charging.mode interceptor-pb, "
+                                  "so it leaves the charging to the interceptord): the drop-in "
+                                  "as 0.11.1 needs it, every hold settled",
                             {"credits_config": config, "interceptord": True,
                              "credits_overrides": {"charging": {"mode": "interceptor-pb"}}},
                             True, True, False),
