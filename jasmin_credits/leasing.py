@@ -49,6 +49,10 @@ from .store import CreditStore, new_ref
 
 log = logging.getLogger("jasmin-credits")
 
+MAX_UNPUBLISHED = 10_000
+"""End markers kept for another attempt at most; beyond, the sweeper ends those leases at
+their deadline (``seconds`` + ``settlement.unqueued_timeout``)."""
+
 
 @dataclass
 class Lease:
@@ -73,14 +77,15 @@ class LeaseBook:
     """The leases of one gateway process, by user.
 
     ``publish_end(uid, lease_id)`` publishes the end marker on Jasmin's AMQP channel (see
-    the module's docstring). ``messages``: a lease is asked for that many messages at the
-    price of the message that asks; ``seconds``: how long one holds; ``idle``: a lease
-    unused that long ends; ``grace``: how long after ``seconds`` the sweeper waits for
-    the marker; ``retry``: after a refused or failed request, how long a user's messages
-    are held one by one before the next request; ``end_delay``: a replaced lease's marker
-    waits that long, so messages still between charging and queueing go before it;
-    ``stop_delay``: on :meth:`stop`, the markers wait that long (0: jasmind itself is
-    stopping, so nothing more is queued).
+    the module's docstring); when it raises or its Deferred fails, the marker is published
+    again at the next tick where ``ready()``. ``messages``: a lease is asked for that many
+    messages at the price of the message that asks; ``seconds``: how long one holds;
+    ``idle``: a lease unused that long ends; ``grace``: how long after ``seconds`` the
+    sweeper waits for the marker; ``retry``: after a refused or failed request, how long a
+    user's messages are held one by one before the next request; ``end_delay``: a replaced
+    lease's marker waits that long, so messages still between charging and queueing go
+    before it; ``stop_delay``: on :meth:`stop`, the markers wait that long (0: jasmind
+    itself is stopping, so nothing more is queued).
 
     ``gateway`` names this gateway's leases in Redis (None: not named, left to the sweeper
     if the process dies). The book takes leases only while it holds that name
@@ -111,6 +116,10 @@ class LeaseBook:
         self._quiet_until: dict[str, float] = {}
         self.name = GatewayName(store, gateway, clock) if gateway is not None else None
         self.ready = ready
+        self._unpublished: list[tuple[str, str]] = []
+        """End markers the broker did not take (user, lease id): published again at a tick
+        once ``ready()``, so a broker outage does not leave leases' credit reserved until
+        the sweeper's deadline."""
         self._own: set[str] = set()
         """Ids of the leases this book asked for before it ended its predecessor's."""
         self.predecessors: Deferred = Deferred() if gateway is not None else succeed(0)
@@ -221,12 +230,32 @@ class LeaseBook:
         self._own.discard(lease_id)
         try:
             published = self.publish_end(uid, lease_id)
-        except Exception as error:  # noqa: BLE001 - the sweeper ends it at its deadline
+        except Exception as error:  # noqa: BLE001 - retried, and the sweeper's deadline
             published = fail(error)
         if isinstance(published, Deferred):
-            published.addErrback(lambda f: log.warning(
-                "could not publish the end of lease %s of %s (%s): the sweeper ends it",
-                lease_id, uid, f.getErrorMessage()))
+            published.addErrback(self._unpublished_end, uid, lease_id)
+
+    def _unpublished_end(self, failure: Any, uid: str, lease_id: str) -> None:
+        """Keep a marker the broker did not take for the next ticks (a repeat of one that
+        did go out is harmless: ``lease_end`` answers "ended already")."""
+        if len(self._unpublished) >= MAX_UNPUBLISHED:
+            log.warning("could not publish the end of lease %s of %s (%s): too many waiting, "
+                        "the sweeper ends it at its deadline", lease_id, uid,
+                        failure.getErrorMessage())
+            return
+        if not self._unpublished:  # (once per outage, not once per lease)
+            log.warning("could not publish the end of lease %s of %s (%s): retried once the "
+                        "broker is back", lease_id, uid, failure.getErrorMessage())
+        self._unpublished.append((uid, lease_id))
+
+    def _retry_unpublished(self) -> None:
+        if not self._unpublished or not self.ready():
+            return
+        waiting, self._unpublished = self._unpublished, []
+        log.info("publishing %d credit lease end markers the broker did not take before",
+                 len(waiting))
+        for uid, lease_id in waiting:
+            self._publish_end(uid, lease_id)
 
     def tick(self) -> None:
         """End leases that ran their time or sat idle, those an operator cut, and those an
@@ -236,6 +265,7 @@ class LeaseBook:
             if lease.until <= now or now - lease.used_at >= self.idle:
                 self._retire(lease)
         self._quiet_until = {u: t for u, t in self._quiet_until.items() if t > now}
+        self._retry_unpublished()
         if self._leases and not self._checking:
             Deferred.fromCoroutine(self.check_epochs()).addErrback(
                 lambda f: log.error("checking credit leases failed: %s", f.getTraceback()))

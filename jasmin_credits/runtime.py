@@ -273,13 +273,20 @@ class CreditsRuntime:
         hold."""
         if self.store is None or self.charger is None:
             raise RuntimeError("start() the runtime before installing credit leases")
+        from .amqp import AmqpUnavailable
         from .leasing import LeaseBook, default_gateway_name
         from .settlement import lease_end_marker
 
+        def publish_end(uid: str, lease_id: str) -> Any:
+            # Jasmin's AmqpFactory.publish only logs when it is not connected: say it failed
+            # (the book publishes the marker again once it is)
+            if not getattr(amqp_broker, "connected", False):
+                raise AmqpUnavailable("AMQP connection not ready")
+            return amqp_broker.publish(**lease_end_marker(uid, lease_id))
+
         lease = self.config.lease
         book = LeaseBook(
-            self.store, self.reactor,
-            lambda uid, lease_id: amqp_broker.publish(**lease_end_marker(uid, lease_id)),
+            self.store, self.reactor, publish_end,
             messages=lease.messages, seconds=lease.seconds, idle=lease.idle,
             grace=self.config.settlement.unqueued_timeout, end_delay=end_delay,
             stop_delay=stop_delay,

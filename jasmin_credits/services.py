@@ -27,7 +27,9 @@ log = logging.getLogger("jasmin-credits")
 class _ReloadProtocol(txredisapi.SubscriberProtocol):
     def connectionMade(self) -> Any:  # noqa: N802 - Twisted API
         d = super().connectionMade()
-        self.subscribe(self.factory.channel)
+        # (a connection lost before Redis confirms: the factory connects and subscribes again)
+        self.subscribe(self.factory.channel).addErrback(
+            lambda f: log.info("reload channel not subscribed: %s", f.getErrorMessage()))
         return d
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:  # noqa: N802

@@ -326,7 +326,7 @@ class LeaseBookTests(TestCase):
         clock.advance(book.end_delay)
         self.assertEqual(published.ends, [(UID, lease.id)])
 
-    async def test_failed_end_marker_is_logged_for_the_sweeper(self):
+    async def test_failed_end_marker_is_logged_not_raised(self):
         """A marker the broker refuses (or a publish that raises) is logged, not raised."""
         clock, store = await setup(self)
 
@@ -339,6 +339,34 @@ class LeaseBookTests(TestCase):
             await book.stop()
         self.assertIn(lease.id, logged.output[0])
         self.assertEqual(book.open(), [])
+
+    async def test_marker_the_broker_did_not_take_is_published_again_once_ready(self):
+        """A broker outage: the marker fails, is logged once and kept; the ticks while the
+        broker is away do not try it; the first tick after publishes it, once."""
+        clock, store = await setup(self)
+        up = {"broker": False}
+        published = Published()
+
+        def publish(uid, lid):
+            if not up["broker"]:
+                raise ConnectionError("AMQP connection not ready")
+            published(uid, lid)
+
+        book = LeaseBook(store, clock, publish, messages=4, idle=1,
+                         ready=lambda: up["broker"])
+        periods, lease = await leased(store, book)
+        clock.advance(1)
+        with self.assertLogs("jasmin-credits", "WARNING") as logged:
+            book.tick()  # idle: retired, its marker due end_delay later
+            clock.advance(book.end_delay)
+        self.assertIn(lease.id, logged.output[0])
+        book.tick()
+        self.assertEqual(published.ends, [])
+        up["broker"] = True
+        book.tick()
+        self.assertEqual(published.ends, [(UID, lease.id)])
+        book.tick()
+        self.assertEqual(published.ends, [(UID, lease.id)])  # once
 
     async def test_stop_ends_every_lease_at_once(self):
         clock, store, book, published = await self.book()

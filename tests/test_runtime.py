@@ -112,3 +112,45 @@ class RuntimeCardTests(TestCase):
         await runtime.store.configure("alice", {"lim:credits:day": 100})
         self.assertEqual(await runtime.would_accept("alice", None, quote),
                          "no: daily_credit_limit")
+
+
+class _JasminBroker:
+    """What of Jasmin's AmqpFactory the lease book publishes through: while not connected,
+    ``publish`` only logs and answers None (jasmin/queues/factory.py)."""
+
+    def __init__(self):
+        self.connected = False
+        self.published: list[dict] = []
+
+    def publish(self, **args):
+        if not self.connected:
+            return None
+        self.published.append(args)
+        return None
+
+
+class RuntimeLeaseMarkerTests(TestCase):
+    async def test_markers_wait_for_jasmins_broker_to_be_connected(self):
+        """Jasmin's publish fails silently while its broker is away: the runtime says it
+        failed, so the book publishes the marker again once the broker is back."""
+        config = parse_config({
+            "redis": {"port": int(os.environ["JC_TEST_REDIS_PORT"]),
+                      "key_prefix": f"t{uuid.uuid4().hex[:8]}"},
+            "charging": {"lease": {"messages": 4}},
+            "settlement": {"enabled": False, "process": "gateway"},
+            "events": {"enabled": False},
+        }, "test.yaml")
+        runtime = CreditsRuntime(config, reactor=reactor, redis=await connect(self))
+        await runtime.start()
+        self.addCleanup(runtime.stop)
+        broker = _JasminBroker()
+        runtime._start_leases(broker)
+        book = runtime.charger.leases
+        with self.assertLogs("jasmin-credits", "WARNING"):
+            book._publish_end("alice", "L1")  # (a lease's end, due now)
+        book.tick()
+        self.assertEqual(broker.published, [])
+        broker.connected = True
+        book.tick()
+        self.assertEqual([p["content"].properties["headers"] for p in broker.published],
+                         [{"jasmin_credits_lease_end": "alice L1"}])
