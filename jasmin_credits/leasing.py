@@ -276,7 +276,7 @@ class LeaseBook:
     def end_wallet(self, uid: str) -> None:
         """End every lease of ``uid`` now: an operator cut its wallet through this gateway
         (jCli), so this gateway holds nothing more on them from the answer on; other
-        gateways hear the cut announced (:class:`~jasmin_credits.services.CardReloadListener`)
+        gateways hear the cut announced (:class:`~jasmin_credits.services.ReloadChannelListener`)
         and see the raised epoch at their next check (:meth:`check_epochs`) at the latest."""
         for lease in list(self._leases.get(uid, ())):
             log.info("credit lease %s of %s ends: its wallet changed", lease.id, uid)

@@ -144,7 +144,7 @@ class CreditsRuntime:
         except StoreUnavailable as error:
             # Start anyway: charging fails closed (or open) until Redis answers.
             log.error("credit store unavailable at start: %s", error)
-        from .services import CardReloadListener, start_plans_and_events, start_settlement
+        from .services import ReloadChannelListener, start_plans_and_events, start_settlement
 
         if self.role == "gateway" and self.config.settlement.enabled:
             # Before Jasmin takes traffic: its events only reach queues that exist.
@@ -155,7 +155,7 @@ class CreditsRuntime:
                                  events=events_consumed(s.link, s.dlr_refund),
                                  reactor=self.reactor, clock=self.reactor)
 
-        self.services = [CardReloadListener(self)]
+        self.services = [ReloadChannelListener(self)]
         if self.reconciler is not None:
             self.reconciler.start()
             self.services.append(self.reconciler)
@@ -198,7 +198,7 @@ class CreditsRuntime:
     def wallet_cut(self, uid: str) -> None:
         """An operator subtracted from, reconfigured or tried to remove the wallet of ``uid``
         (through this process's jCli, or anywhere: the cut is announced on the reload
-        channel, :class:`~jasmin_credits.services.CardReloadListener`): this process's
+        channel, :class:`~jasmin_credits.services.ReloadChannelListener`): this process's
         credit leases on it end at once. The wallet's raised lease epoch ends them at the
         next check (every second) where the announcement was missed."""
         leases = getattr(self.charger, "leases", None)

@@ -36,7 +36,7 @@ class _ReloadProtocol(txredisapi.SubscriberProtocol):
         self.factory.on_message(str(message))
 
 
-class CardReloadListener:
+class ReloadChannelListener:
     """Applies what is announced on the reload channel to this process.
 
     ``price --reload`` and ``price -a`` on one gateway publish on it; every gateway on the

@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 from jasmin_credits.config import parse_config
 from jasmin_credits.errors import ConfigError
 from jasmin_credits.runtime import CreditsRuntime
-from jasmin_credits.services import CardReloadListener
+from jasmin_credits.services import ReloadChannelListener
 
 from .redis_support import connect
 
@@ -69,7 +69,7 @@ class RuntimeCardTests(TestCase):
         cards = self.card_dir("0.0500")
         first = await self.runtime(cards, prefix)
         second = await self.runtime(cards, prefix)
-        listener = CardReloadListener(second)
+        listener = ReloadChannelListener(second)
         self.addCleanup(listener.stop)
         await until(lambda: listener.factory.pool)
         (cards / "local.yaml").write_text(CARD % "0.0900")
@@ -90,7 +90,7 @@ class RuntimeCardTests(TestCase):
         second = await self.runtime(cards, prefix)
         cut: list[str] = []
         second.wallet_cut = cut.append
-        listener = CardReloadListener(second)
+        listener = ReloadChannelListener(second)
         self.addCleanup(listener.stop)
         await until(lambda: listener.factory.pool)
         await first.store.top_up("alice", 1000, op_id="a", actor="t")
