@@ -145,7 +145,6 @@ class AmqpSink:
                  reactor: Any = None, clock: IReactorTime | None = None):
         self.exchange = exchange
         self.publisher = AmqpPublisher(settings, self._on_ready, reactor=reactor, clock=clock)
-        self.connection = self.publisher.connection
 
     async def _on_ready(self, client: Any, channel: Any) -> None:
         await channel.exchange_declare(exchange=self.exchange, type="topic", durable=True)

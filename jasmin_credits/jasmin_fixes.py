@@ -66,16 +66,22 @@ def corrected_submit_sm_resp_event(method: Callable[..., Any]) -> Callable[..., 
     return fixed
 
 
+def _listener_class(listener_class: type | None) -> type:
+    """``listener_class``, or Jasmin's ``SMPPClientSMListener`` when None."""
+    if listener_class is not None:
+        return listener_class
+    from jasmin.managers.listeners import SMPPClientSMListener
+
+    return SMPPClientSMListener
+
+
 def fix_submit_sm_resp_event(listener_class: type | None = None) -> bool:
     """Replace ``listener_class.submit_sm_resp_event`` by a corrected one if it has the bug.
 
     ``listener_class`` defaults to Jasmin's ``SMPPClientSMListener``. Returns ``True`` when the
     method was replaced, ``False`` when there was nothing to do (already fixed or corrected).
     """
-    if listener_class is None:
-        from jasmin.managers.listeners import SMPPClientSMListener
-
-        listener_class = SMPPClientSMListener
+    listener_class = _listener_class(listener_class)
     method = listener_class.__dict__["submit_sm_resp_event"]
     if not needs_submit_sm_resp_fix(method):
         return False
@@ -101,11 +107,8 @@ def stock_jasmind_warning(listener_class: type | None = None) -> str | None:
     hold the interceptord makes is ever settled by the SMSC's answer: the sweeper settles
     each by ``settlement.unanswered_policy`` (by default a refund: never charged). The
     interceptord cannot tell which jasmind calls it, so it says it once, at start."""
-    if listener_class is None:
-        from jasmin.managers.listeners import SMPPClientSMListener
-
-        listener_class = SMPPClientSMListener
-    if not needs_submit_sm_resp_fix(listener_class.__dict__["submit_sm_resp_event"]):
+    method = _listener_class(listener_class).__dict__["submit_sm_resp_event"]
+    if not needs_submit_sm_resp_fix(method):
         return None
     return (f"the installed Jasmin ({jasmin_version()}) has the submit_sm_resp bug (upstream "
             "#1236): a stock jasmind.py never publishes dlr.submit_sm_resp, so holds made "

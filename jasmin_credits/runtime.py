@@ -277,10 +277,13 @@ class CreditsRuntime:
         from .leasing import LeaseBook, default_gateway_name
         from .settlement import lease_end_marker
 
+        def connected() -> bool:
+            return bool(getattr(amqp_broker, "connected", False))
+
         def publish_end(uid: str, lease_id: str) -> Any:
             # Jasmin's AmqpFactory.publish only logs when it is not connected: say it failed
             # (the book publishes the marker again once it is)
-            if not getattr(amqp_broker, "connected", False):
+            if not connected():
                 raise AmqpUnavailable("AMQP connection not ready")
             return amqp_broker.publish(**lease_end_marker(uid, lease_id))
 
@@ -291,7 +294,7 @@ class CreditsRuntime:
             grace=self.config.settlement.unqueued_timeout, end_delay=end_delay,
             stop_delay=stop_delay,
             gateway=lease.gateway or default_gateway_name(self.lock_file),
-            ready=lambda: bool(getattr(amqp_broker, "connected", False)))
+            ready=connected)
         book.start()
         self.charger.leases = book
         self.services.append(book)

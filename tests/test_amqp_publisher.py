@@ -72,7 +72,9 @@ class AmqpPublisherTests(TestCase):
         with self.assertRaises(AmqpUnavailable):
             await publisher.publish(**lease_end_marker("alice", "L2"))
 
-    async def test_no_broker_fails_at_once_with_one_clear_error(self):
+    async def test_publish_while_not_connected_fails_at_once_with_one_clear_error(self):
+        """Nothing is kept for later: with no broker listening (the connection cannot become
+        ready), a publish fails at once."""
         publisher = AmqpPublisher(settings_for(_NoBroker, connect_timeout=1.0),
                                   lambda client, channel: None)
         publisher.start()

@@ -247,7 +247,7 @@ class AmqpPublishTests(TestCase):
         await publisher.consumers[0].ensure_group()
         publisher.start()
         self.addCleanup(publisher.stop)
-        await sink.connection.when_ready()
+        await sink.publisher.connection.when_ready()
         await store.configure("alice", {"low_balance": 100})
         message = await incoming.get().addTimeout(30, reactor)
         self.assertEqual(message.routing_key, "credits.low_balance.alice")
