@@ -227,7 +227,8 @@ class LeaseBook:
         self.clock.callLater(self.end_delay, self._publish_end, lease.uid, lease.id)
 
     def _publish_end(self, uid: str, lease_id: str) -> None:
-        self._own.discard(lease_id)
+        # (a lease of ours stays in _own: still open in Redis until its marker is settled, it
+        # is not an earlier run's, whose markers _end_predecessors publishes)
         try:
             published = self.publish_end(uid, lease_id)
         except Exception as error:  # noqa: BLE001 - retried, and the sweeper's deadline

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +231,11 @@ class CreditsRuntime:
 
             self.tag_headers = install_tag_headers(client_manager)
             if self.config.lease.messages:
-                self._start_leases(client_manager.amqpBroker)
+                from .marker_route import MarkerRoute
+
+                broker = client_manager.amqpBroker
+                route = MarkerRoute(broker, self._declare_marker_route)
+                self._start_leases(broker, route.ready)
         if s.link != "queueing" or not self.in_process or not s.enabled:
             return None
         if self.store is None:
@@ -255,36 +260,42 @@ class CreditsRuntime:
         wallet (``late_hold``): charged once either way."""
         if not self.config.lease.messages:
             return
-        from .amqp import AmqpPublisher, declare_exchange
+        from .amqp import AmqpPublisher
 
-        publisher = AmqpPublisher(self.config.amqp,
-                                  lambda client, channel: declare_exchange(channel),
-                                  reactor=self.reactor)
+        publisher = AmqpPublisher(
+            self.config.amqp, lambda client, channel: self._declare_marker_route(channel),
+            reactor=self.reactor)
         publisher.start()
         self.services.append(publisher)  # (stopped after the book: its stop publishes)
         # on stop, a second for what jasmind was answered just before
-        self._start_leases(publisher, end_delay=DROP_IN_END_DELAY, stop_delay=1.0)
+        self._start_leases(publisher, lambda: publisher.connected,
+                           end_delay=DROP_IN_END_DELAY, stop_delay=1.0)
 
-    def _start_leases(self, amqp_broker: Any, end_delay: float = 1.0,
-                      stop_delay: float = 0.0) -> None:
+    def _declare_marker_route(self, channel: Any) -> Deferred:
+        from .settlement import QueueNames, declare_marker_route
+
+        queues = QueueNames.with_prefix(self.config.settlement.queue_prefix)
+        return Deferred.fromCoroutine(declare_marker_route(channel, queues))
+
+    def _start_leases(self, amqp_broker: Any, ready: Callable[[], bool],
+                      end_delay: float = 1.0, stop_delay: float = 0.0) -> None:
         """Credit leases (``charging.lease``), their end markers published by ``amqp_broker``
         (jasmind's AMQP factory, on the channel its ``submit.sm.*`` messages take, or an
-        :class:`~jasmin_credits.amqp.AmqpPublisher`), ``end_delay`` after a lease's last
-        hold."""
+        :class:`~jasmin_credits.amqp.AmqpPublisher`) while ``ready()`` (connected, with
+        settlement's queue bound: :mod:`jasmin_credits.marker_route`), ``end_delay`` after a
+        lease's last hold."""
         if self.store is None or self.charger is None:
             raise RuntimeError("start() the runtime before installing credit leases")
         from .amqp import AmqpUnavailable
         from .leasing import LeaseBook, default_gateway_name
         from .settlement import lease_end_marker
 
-        def connected() -> bool:
-            return bool(getattr(amqp_broker, "connected", False))
-
         def publish_end(uid: str, lease_id: str) -> Any:
             # Jasmin's AmqpFactory.publish only logs when it is not connected: say it failed
             # (the book publishes the marker again once it is)
-            if not connected():
-                raise AmqpUnavailable("AMQP connection not ready")
+            if not ready():
+                raise AmqpUnavailable("AMQP connection not ready, or settlement's queue not "
+                                      "yet bound on it")
             return amqp_broker.publish(**lease_end_marker(uid, lease_id))
 
         lease = self.config.lease
@@ -294,7 +305,7 @@ class CreditsRuntime:
             grace=self.config.settlement.unqueued_timeout, end_delay=end_delay,
             stop_delay=stop_delay,
             gateway=lease.gateway or default_gateway_name(self.lock_file),
-            ready=connected)
+            ready=ready)
         book.start()
         self.charger.leases = book
         self.services.append(book)

@@ -602,6 +602,14 @@ def bindings(queues: QueueNames,
     ) if kind in wanted]
 
 
+async def declare_marker_route(channel: Any, queues: QueueNames) -> None:
+    """Declare ``messaging``, settlement's ``submit_sm`` queue and its binding on ``channel``:
+    where a credit lease end marker (:data:`LEASE_END_KEY`) goes. Its publisher does this on
+    each connection: after a broker restart the binding is gone (``messaging`` is not durable)
+    until someone declares it again (:mod:`jasmin_credits.marker_route`)."""
+    await declare_bound_queue(channel, queues.submit_sm, SUBMIT_SM_KEYS)
+
+
 async def retire_queue(client: Any, queue: str, routing_keys: Iterable[str],
                        channel_id: int = 2) -> int | None:
     """Unbind our durable ``queue`` from ``messaging`` if it exists; answer how many messages
@@ -861,6 +869,6 @@ __all__ = [
     "ALL_EVENTS", "DELIVER_SM", "DELIVER_SM_KEYS", "JASMIN_RETRY_STATUSES", "PDU_ATTRIBUTE",
     "SUBMIT_SM", "SUBMIT_SM_KEYS", "SUBMIT_SM_RESP", "SUBMIT_SM_RESP_KEYS", "Malformed",
     "InertObject", "Outcome", "QueueNames", "Settlement", "SettlementConsumer", "bindings",
-    "declare_queues", "events_consumed", "link_tagged", "load_submit_sm", "read_tag",
-    "retire_queue", "tag_pdu",
+    "declare_marker_route", "declare_queues", "events_consumed", "link_tagged",
+    "load_submit_sm", "read_tag", "retire_queue", "tag_pdu",
 ]

@@ -11,9 +11,7 @@ import pytest
 from jasmin.managers.content import DLR, SubmitSmContent
 from smpp.pdu.operations import SubmitSM
 from smpp.pdu.pdu_types import CommandId, CommandStatus
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from txamqp.client import ChannelClosed
@@ -39,6 +37,7 @@ from jasmin_credits.settlement import (
     tag_pdu,
 )
 
+from .polling import eventually
 from .rabbitmq_support import rabbitmq, rabbitmq_server  # noqa: F401 - pytest fixtures
 from .redis_support import make_store
 
@@ -394,18 +393,6 @@ class HandlerTests(TestCase):
 
 
 # -- the consumer against real RabbitMQ ------------------------------------------------------------
-
-async def eventually(check, timeout: float = 30.0, what: str = "condition"):
-    """Poll ``check`` (a coroutine function) until it answers truthy, or fail at the deadline."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await deferLater(reactor, 0.05, lambda: None)
-
 
 class FlakyStore:
     """Wraps a store; its first ``failures`` settle_message calls raise StoreUnavailable."""
