@@ -45,6 +45,7 @@ from twisted.internet.task import LoopingCall, deferLater
 
 from .errors import StoreUnavailable
 from .gatewayname import GatewayName
+from .metrics import NO_METRICS
 from .store import CreditStore, new_ref
 
 log = logging.getLogger("jasmin-credits")
@@ -85,7 +86,8 @@ class LeaseBook:
     user's messages are held one by one before the next request; ``end_delay``: a replaced
     lease's marker waits that long, so messages still between charging and queueing go
     before it; ``stop_delay``: on :meth:`stop`, the markers wait that long (0: jasmind
-    itself is stopping, so nothing more is queued).
+    itself is stopping, so nothing more is queued); ``metrics`` counts lease requests by
+    outcome (:class:`~jasmin_credits.metrics.CreditMetrics` reads the rest from the book).
 
     ``gateway`` names this gateway's leases in Redis (None: not named, left to the sweeper
     if the process dies). The book takes leases only while it holds that name
@@ -98,7 +100,8 @@ class LeaseBook:
                  publish_end: Callable[[str, str], Any], *, messages: int,
                  seconds: float = 30.0, idle: float = 10.0, grace: float = 600.0,
                  retry: float = 1.0, end_delay: float = 1.0, stop_delay: float = 0.0,
-                 gateway: str | None = None, ready: Callable[[], bool] = lambda: True):
+                 gateway: str | None = None, ready: Callable[[], bool] = lambda: True,
+                 metrics: Any = NO_METRICS):
         if messages < 1:
             raise ValueError("a lease holds at least one message")
         self.store = store
@@ -116,6 +119,9 @@ class LeaseBook:
         self._quiet_until: dict[str, float] = {}
         self.name = GatewayName(store, gateway, clock) if gateway is not None else None
         self.ready = ready
+        self.metrics = metrics
+        self.held = 0
+        """Messages held on leases so far (those given back included): a metric."""
         self._unpublished: list[tuple[str, str]] = []
         """End markers the broker did not take (user, lease id): published again at a tick
         once ``ready()``, so a broker outage does not leave leases' credit reserved until
@@ -157,6 +163,7 @@ class LeaseBook:
             lease.left -= amount
             lease.messages_left -= 1
             lease.used_at = now
+            self.held += 1
             if len(leases) == 1 and (lease.messages_left * 2 < lease.messages
                                      or lease.left * 2 < lease.credits):
                 self._ask(uid, amount, now)  # the next one is ready before this one ends
@@ -205,14 +212,17 @@ class LeaseBook:
         except StoreUnavailable as error:
             log.info("no credit lease for %s (%s): holding message by message", uid, error)
             grant = None
+            self.metrics.lease_request("unavailable")
         finally:
             self._asking.pop(uid, None)
         now = self.clock.seconds()
         if grant is None or not grant.ok:
             if grant is not None:  # (one that failed may exist: its deadline ends it)
                 self._own.discard(lease_id)
+                self.metrics.lease_request("refused")
             self._quiet_until[uid] = now + self.retry
             return
+        self.metrics.lease_request("granted")
         self._leases.setdefault(uid, []).append(Lease(
             grant.lease_id, uid, grant.credits, grant.messages, grant.credits, grant.messages,
             self.store.period_ids(now_ms), now + self.seconds, now, grant.epoch))
@@ -343,6 +353,10 @@ class LeaseBook:
     def open(self) -> list[Lease]:
         """The leases holding messages now, and the next ones."""
         return [lease for leases in self._leases.values() for lease in leases]
+
+    def markers_waiting(self) -> int:
+        """End markers the broker did not take, waiting to be published again."""
+        return len(self._unpublished)
 
     # -- life cycle --------------------------------------------------------------------------
 

@@ -32,10 +32,18 @@ Metrics (all names start with ``jasmin_credits_``):
                                                        its queues, by what became of them
                                                        (``dropped``: given up after every
                                                        attempt)
+``lease_requests_total{outcome}``           counter    credit lease requests: ``granted``,
+                                                       ``refused``, ``unavailable`` (Redis)
+``lease_messages_total``                    counter    messages held from leases in memory
+``leases_open``                             gauge      leases this process holds now
+``lease_credits_unused``                    gauge      credits unused in them (reserved)
+``lease_markers_waiting``                   gauge      end markers waiting for the broker
 ==========================================  =========  =====================================
 
 Counters count what this process did since it started (each gateway exposes its own;
-Prometheus sums them); the gauge reads Redis, so every gateway shows the same figure. A
+Prometheus sums them); ``open_reservations`` reads Redis, so every gateway shows the same
+figure; the lease figures are the process's own (jasmind's in our launcher, the drop-in
+interceptord's). A
 gateway whose settlement runs in its ``jasmin-credits-settled`` child (the default) adds the
 child's counters and histogram to its own (:class:`Snapshot`, sent by the child every second,
 :mod:`jasmin_credits.child_metrics`), so one scrape of the gateway shows all its work.
@@ -135,6 +143,19 @@ class Gauge(Counter):
 
     def set(self, value: float, *labels: str) -> None:
         self.values[self._key(labels)] = float(value)
+
+
+class Reading(_Metric):
+    """One value without labels, read when rendered from something that keeps it (a
+    counter or gauge of this process alone: never part of a :class:`Snapshot`)."""
+
+    def __init__(self, name: str, help_text: str, kind: str, read: Callable[[], float]):
+        super().__init__(name, help_text)
+        self.kind = kind
+        self.read = read
+
+    def samples(self, values: Any = None) -> list[str]:
+        return [f"{self.name} {_number(self.read())}"]
 
 
 class Histogram(_Metric):
@@ -267,6 +288,10 @@ class Registry:
                   buckets: Iterable[float] = DEFAULT_BUCKETS) -> Histogram:
         return self._add(Histogram(name, help_text, buckets))
 
+    def reading(self, name: str, help_text: str, kind: str,
+                read: Callable[[], float]) -> Reading:
+        return self._add(Reading(name, help_text, kind, read))
+
     def snapshot(self) -> Snapshot:
         """This registry's own counters and histograms (sources not included)."""
         snap = Snapshot()
@@ -334,6 +359,9 @@ class NoMetrics:
     def observe_store_call(self, seconds: float) -> None:
         pass
 
+    def lease_request(self, outcome: str) -> None:
+        pass
+
 
 NO_METRICS = NoMetrics()
 
@@ -386,6 +414,24 @@ class CreditMetrics(NoMetrics):
             p + "settlement_events_total",
             "Jasmin events settlement read from its queues, by event and what became of "
             "them (dropped: given up after every attempt).", ("event", "outcome"))
+        self.lease_requests = r.counter(
+            p + "lease_requests_total",
+            "Credit lease requests of this process, by outcome (granted; refused: the wallet "
+            "or a limit could not spare a lease; unavailable: Redis did not answer).",
+            ("outcome",))
+        self._leases: Any = None
+        r.reading(p + "lease_messages_total",
+                  "Messages this process held from credit leases, in its memory.", "counter",
+                  lambda: self._leases.held if self._leases is not None else 0)
+        r.reading(p + "leases_open", "Credit leases this process holds now.", "gauge",
+                  lambda: len(self._leases.open()) if self._leases is not None else 0)
+        r.reading(p + "lease_credits_unused",
+                  "Credits still unused in the credit leases this process holds now (reserved "
+                  "in their wallets).", "gauge", self._lease_credits_unused)
+        r.reading(p + "lease_markers_waiting",
+                  "Credit lease end markers waiting for the broker (published again once it "
+                  "is back).", "gauge",
+                  lambda: self._leases.markers_waiting() if self._leases is not None else 0)
         self._store: Any = None
 
     # -- hooks --------------------------------------------------------------------------
@@ -427,6 +473,20 @@ class CreditMetrics(NoMetrics):
 
     def observe_store_call(self, seconds: float) -> None:
         self.store_calls.observe(seconds)
+
+    def lease_request(self, outcome: str) -> None:
+        self.lease_requests.inc(outcome)
+
+    # -- credit leases ------------------------------------------------------------------
+
+    def watch_leases(self, book: Any) -> None:
+        """Read ``book`` (a :class:`~jasmin_credits.leasing.LeaseBook`) at every scrape."""
+        self._leases = book
+
+    def _lease_credits_unused(self) -> float:
+        if self._leases is None:
+            return 0
+        return sum(lease.left for lease in self._leases.open()) / 10**self.decimals
 
     # -- the store ----------------------------------------------------------------------
 

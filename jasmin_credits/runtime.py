@@ -305,7 +305,8 @@ class CreditsRuntime:
             grace=self.config.settlement.unqueued_timeout, end_delay=end_delay,
             stop_delay=stop_delay,
             gateway=lease.gateway or default_gateway_name(self.lock_file),
-            ready=ready)
+            ready=ready, metrics=self.metrics)
+        self.metrics.watch_leases(book)
         book.start()
         self.charger.leases = book
         self.services.append(book)

@@ -16,6 +16,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from jasmin_credits.charging import Charger
 from jasmin_credits.child_metrics import ChildMetrics, SnapshotWriter
 from jasmin_credits.errors import Refusal
+from jasmin_credits.leasing import LeaseBook
 from jasmin_credits.metrics import (
     CreditMetrics,
     MetricsResource,
@@ -81,6 +82,11 @@ class RegistryTests(SynchronousTestCase):
             "jasmin_credits_outcome_retries": "counter",
             "jasmin_credits_outcomes_given_up": "counter",
             "jasmin_credits_settlement_events": "counter",
+            "jasmin_credits_lease_requests": "counter",
+            "jasmin_credits_lease_messages": "counter",
+            "jasmin_credits_leases_open": "gauge",
+            "jasmin_credits_lease_credits_unused": "gauge",
+            "jasmin_credits_lease_markers_waiting": "gauge",
         }
         self.assertEqual({n: f.type for n, f in parsed.items()}, expected)
 
@@ -317,3 +323,54 @@ class HookTests(TestCase):
         MetricsResource(CreditMetrics()).render_GET(request)
         text = b"".join(request.written).decode()
         self.assertTrue(text.startswith("# HELP jasmin_credits_charges_total"))
+
+    async def test_lease_figures(self):
+        """Lease requests by outcome and messages held on leases, counted; what the open
+        leases hold and the end markers waiting for the broker, read at each scrape."""
+        clock = Clock()
+        clock.advance(1_795_000_000)
+        store = await make_store(self, clock=clock)
+        await store.top_up("alice", 1000, op_id="f", actor="t")
+        await store.top_up("bob", 5, op_id="f", actor="t")  # less than one message
+        metrics = CreditMetrics(decimals=2)
+        broker = {"up": False}
+
+        def publish(uid, lease_id):
+            if not broker["up"]:
+                raise ConnectionError("AMQP connection not ready")
+
+        book = LeaseBook(store, clock, publish, messages=4, metrics=metrics,
+                         ready=lambda: broker["up"])
+        metrics.watch_leases(book)
+        periods = store.period_ids(store.now_ms())
+        book.ask("alice", 10)
+        book.ask("bob", 10)
+        await book.requests()
+        self.assertIsNotNone(book.hold("alice", 10, periods))
+        self.assertIsNotNone(book.hold("alice", 10, periods))
+        text = metrics.render()
+        self.assertEqual(sample(text, "jasmin_credits_lease_requests_total",
+                                outcome="granted"), 1)
+        self.assertEqual(sample(text, "jasmin_credits_lease_requests_total",
+                                outcome="refused"), 1)
+        self.assertEqual(sample(text, "jasmin_credits_lease_messages_total"), 2)
+        self.assertEqual(sample(text, "jasmin_credits_leases_open"), 1)
+        self.assertEqual(sample(text, "jasmin_credits_lease_credits_unused"), 0.2)  # 20 units
+        self.assertEqual(sample(text, "jasmin_credits_lease_markers_waiting"), 0)
+
+        with self.assertLogs("jasmin-credits", "WARNING"):
+            book.end_wallet("alice")
+            clock.advance(book.end_delay)  # its marker fails: the broker is away
+        text = metrics.render()
+        self.assertEqual(sample(text, "jasmin_credits_leases_open"), 0)
+        self.assertEqual(sample(text, "jasmin_credits_lease_credits_unused"), 0)
+        self.assertEqual(sample(text, "jasmin_credits_lease_markers_waiting"), 1)
+        broker["up"] = True
+        book.tick()
+        self.assertEqual(sample(metrics.render(), "jasmin_credits_lease_markers_waiting"), 0)
+
+        store.redis.disconnect()
+        book.ask("carol", 10)
+        await book.requests()
+        self.assertEqual(sample(metrics.render(), "jasmin_credits_lease_requests_total",
+                                outcome="unavailable"), 1)
