@@ -71,12 +71,25 @@ def test_the_child_runs_below_jasmind(gateway):
 
 
 def test_charged(gateway, smpp_client, books):
-    """SMPP and HTTP messages are charged (by the launcher, or by the daemon from events)."""
+    """SMPP and HTTP messages are charged (by the launcher, or by the daemon from events).
+    With events, credit leases are on (the default): the first message asks for one, and
+    the gateway's metrics show the next held on it."""
     start = books.top_up("alice", 10_000)
-    assert send(smpp_client(), "447911000201").status == 0
+    client = smpp_client()
+    assert send(client, "447911000201").status == 0
+    sent = 1
+    if gateway.link == "events":
+        wait_until(lambda: metric_sum(gateway, "jasmin_credits_lease_requests_total",
+                                      outcome="granted") >= 1, 20,
+                   message="a credit lease granted")
+        held = metric_sum(gateway, "jasmin_credits_lease_messages_total")
+        assert send(client, "447911000202").status == 0
+        sent += 1
+        assert metric_sum(gateway, "jasmin_credits_lease_messages_total") == held + 1
+        assert metric_sum(gateway, "jasmin_credits_leases_open") >= 1
     status, _ = http(gateway, "send", to="33612000201", content="d" * 400)
     assert status == 200
-    books.wait_settled("alice", start - PRICE["447"] - 3 * PRICE["33"])
+    books.wait_settled("alice", start - sent * PRICE["447"] - 3 * PRICE["33"])
 
 
 def test_errors_and_unqueued_holds_released(gateway, smpp_client, books):
