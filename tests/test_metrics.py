@@ -348,29 +348,27 @@ class HookTests(TestCase):
         await book.requests()
         self.assertIsNotNone(book.hold("alice", 10, periods))
         self.assertIsNotNone(book.hold("alice", 10, periods))
-        text = metrics.render()
-        self.assertEqual(sample(text, "jasmin_credits_lease_requests_total",
-                                outcome="granted"), 1)
-        self.assertEqual(sample(text, "jasmin_credits_lease_requests_total",
-                                outcome="refused"), 1)
-        self.assertEqual(sample(text, "jasmin_credits_lease_messages_total"), 2)
-        self.assertEqual(sample(text, "jasmin_credits_leases_open"), 1)
-        self.assertEqual(sample(text, "jasmin_credits_lease_credits_unused"), 0.2)  # 20 units
-        self.assertEqual(sample(text, "jasmin_credits_lease_markers_waiting"), 0)
+        def figures(*names, **labels):
+            text = metrics.render()
+            return [sample(text, f"jasmin_credits_{name}", **labels) for name in names]
+
+        requests = "lease_requests_total"
+        self.assertEqual(figures(requests, outcome="granted") + figures(requests,
+                                                                        outcome="refused"),
+                         [1, 1])
+        now = ("lease_messages_total", "leases_open", "lease_credits_unused",
+               "lease_markers_waiting")
+        self.assertEqual(figures(*now), [2, 1, 0.2, 0])  # (20 units unused)
 
         with self.assertLogs("jasmin-credits", "WARNING"):
             book.end_wallet("alice")
             clock.advance(book.end_delay)  # its marker fails: the broker is away
-        text = metrics.render()
-        self.assertEqual(sample(text, "jasmin_credits_leases_open"), 0)
-        self.assertEqual(sample(text, "jasmin_credits_lease_credits_unused"), 0)
-        self.assertEqual(sample(text, "jasmin_credits_lease_markers_waiting"), 1)
+        self.assertEqual(figures(*now), [2, 0, 0, 1])
         broker["up"] = True
         book.tick()
-        self.assertEqual(sample(metrics.render(), "jasmin_credits_lease_markers_waiting"), 0)
+        self.assertEqual(figures(*now), [2, 0, 0, 0])
 
         store.redis.disconnect()
         book.ask("carol", 10)
         await book.requests()
-        self.assertEqual(sample(metrics.render(), "jasmin_credits_lease_requests_total",
-                                outcome="unavailable"), 1)
+        self.assertEqual(figures(requests, outcome="unavailable"), [1])
