@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
 log = logging.getLogger("jasmin-credits")
 
@@ -34,14 +35,24 @@ FIRST_CHANNEL = 2
 """jasmind's factory uses channel 1; on one connection, each declaration attempt takes the
 next id (txAMQP keeps a channel the broker closed under its id)."""
 
+DECLARE_TIMEOUT = 10.0
+"""Seconds the broker has to answer one declaration attempt."""
+
+RETRY_DELAY = 5.0
+"""Seconds between declaration attempts on one connection after one failed (the broker
+refused it, e.g. no configure permission): each takes a channel id."""
+
 
 class MarkerRoute:
     """Whether ``factory`` (jasmind's ``AmqpFactory``: ``connected``, ``client``) can publish
     a marker that reaches settlement's queue; ``declare(channel)`` declares the route."""
 
-    def __init__(self, factory: Any, declare: Callable[[Any], Awaitable[Any]]):
+    def __init__(self, factory: Any, declare: Callable[[Any], Awaitable[Any]],
+                 clock: IReactorTime):
         self.factory = factory
         self.declare = declare
+        self.clock = clock
+        self._retry_at = 0.0
         self._routed: Any = None
         """The client (one per connection) the route was declared on."""
         self._declaring: Any = None
@@ -51,7 +62,8 @@ class MarkerRoute:
 
     def ready(self) -> bool:
         """True once the route is declared on the factory's current connection; otherwise
-        False, and the declaration starts (in the background) if it can."""
+        False, and the declaration starts (in the background) unless one is under way or
+        failed less than :data:`RETRY_DELAY` ago."""
         client = self.factory.client if getattr(self.factory, "connected", False) else None
         if client is None:
             return False
@@ -60,11 +72,16 @@ class MarkerRoute:
         if client is not self._declaring:
             if client is not self._channels_of:  # (a new connection)
                 self._channels_of, self._next_channel = client, FIRST_CHANNEL
+                self._retry_at = 0.0
+            elif self.clock.seconds() < self._retry_at:
+                return False
             self._declaring = client
-            Deferred.fromCoroutine(self._declare_on(client)).addErrback(
+            declaring = Deferred.fromCoroutine(self._declare_on(client))
+            # (a broker that never answers: cancelled, then tried again like a refusal)
+            declaring.addTimeout(DECLARE_TIMEOUT, self.clock).addErrback(
                 lambda f: log.error("declaring the lease marker route failed: %s",
                                     f.getTraceback()))
-        return False
+        return client is self._routed  # (the declaration may have been answered at once)
 
     async def _declare_on(self, client: Any) -> None:
         channel_id, self._next_channel = self._next_channel, self._next_channel + 1
@@ -73,10 +90,14 @@ class MarkerRoute:
             await channel.channel_open()
             await self.declare(channel)
             await channel.channel_close()
-        except Exception as error:  # noqa: BLE001 - asked again at the next ready()
-            log.info("cannot declare settlement's queue for lease markers yet (%s)", error)
+        except Exception as error:  # noqa: BLE001 - asked again RETRY_DELAY later
+            first = channel_id == FIRST_CHANNEL
+            log.log(logging.WARNING if first else logging.INFO,
+                    "cannot declare settlement's queue for credit lease end markers (%s): "
+                    "they wait, and it is tried again every %g s", error, RETRY_DELAY)
             if self._declaring is client:
                 self._declaring = None
+                self._retry_at = self.clock.seconds() + RETRY_DELAY
             return
         if self._declaring is client:
             self._routed = client

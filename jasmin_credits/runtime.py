@@ -234,7 +234,7 @@ class CreditsRuntime:
                 from .marker_route import MarkerRoute
 
                 broker = client_manager.amqpBroker
-                route = MarkerRoute(broker, self._declare_marker_route)
+                route = MarkerRoute(broker, self._declare_marker_route, self.reactor)
                 self._start_leases(broker, route.ready)
         if s.link != "queueing" or not self.in_process or not s.enabled:
             return None
