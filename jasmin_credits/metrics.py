@@ -420,18 +420,20 @@ class CreditMetrics(NoMetrics):
             "or a limit could not spare a lease; unavailable: Redis did not answer).",
             ("outcome",))
         self._leases: Any = None
+        leases = self._from_leases
         r.reading(p + "lease_messages_total",
                   "Messages this process held from credit leases, in its memory.", "counter",
-                  lambda: self._leases.held if self._leases is not None else 0)
+                  leases(lambda book: book.held))
         r.reading(p + "leases_open", "Credit leases this process holds now.", "gauge",
-                  lambda: len(self._leases.open()) if self._leases is not None else 0)
+                  leases(lambda book: len(book.open())))
         r.reading(p + "lease_credits_unused",
                   "Credits still unused in the credit leases this process holds now (reserved "
-                  "in their wallets).", "gauge", self._lease_credits_unused)
+                  "in their wallets).", "gauge",
+                  leases(lambda book: sum(lease.left for lease in book.open())
+                         / 10**self.decimals))
         r.reading(p + "lease_markers_waiting",
                   "Credit lease end markers waiting for the broker (published again once it "
-                  "is back).", "gauge",
-                  lambda: self._leases.markers_waiting() if self._leases is not None else 0)
+                  "is back).", "gauge", leases(lambda book: book.markers_waiting()))
         self._store: Any = None
 
     # -- hooks --------------------------------------------------------------------------
@@ -483,10 +485,9 @@ class CreditMetrics(NoMetrics):
         """Read ``book`` (a :class:`~jasmin_credits.leasing.LeaseBook`) at every scrape."""
         self._leases = book
 
-    def _lease_credits_unused(self) -> float:
-        if self._leases is None:
-            return 0
-        return sum(lease.left for lease in self._leases.open()) / 10**self.decimals
+    def _from_leases(self, read: Callable[[Any], float]) -> Callable[[], float]:
+        """A figure read from the watched lease book (0 while there is none)."""
+        return lambda: read(self._leases) if self._leases is not None else 0
 
     # -- the store ----------------------------------------------------------------------
 
