@@ -377,12 +377,15 @@ class RuntimeTests(TestCase):
 
     async def test_leases_take_the_configured_gateway_name_or_host_and_lock_file(self):
         """charging.lease: the lease book names its leases after charging.lease.gateway, or
-        the host name and the launcher's lock file, and waits for jasmind's AMQP channel."""
+        the host name and the launcher's lock file, and publishes markers once jasmind's AMQP
+        connection is up with settlement's queue declared on it (the MarkerRoute: see
+        tests/test_marker_route.py and, with a real broker, test_lease_marker_route.py)."""
         import os
 
         from twisted.internet import reactor
 
         from jasmin_credits.config import parse_config
+        from jasmin_credits.marker_route import MarkerRoute
         from jasmin_credits.runtime import CreditsRuntime
 
         from .redis_support import connect
@@ -400,10 +403,11 @@ class RuntimeTests(TestCase):
             self.addCleanup(runtime.stop)
             book = runtime.charger.leases
             self.assertEqual((book.gateway, book.messages), (expected, 10))
+            route = getattr(book.ready, "__self__", None)
+            self.assertIsInstance(route, MarkerRoute)
+            self.assertIs(route.factory, manager.amqpBroker)
             manager.amqpBroker.connected = False
             self.assertFalse(book.ready())
-            manager.amqpBroker.connected = True
-            self.assertTrue(book.ready())
 
     async def test_queueing_adds_no_tag_header(self):
         """link: queueing: settlement reads no submit.sm.* message, so no header."""
