@@ -123,7 +123,12 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per round and case")
     parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+    run_on_reactor(main, parser.parse_args())
+
+
+def run_on_reactor(main: Callable[[argparse.Namespace], Awaitable[None]],
+                   args: argparse.Namespace) -> None:
+    """Run ``main(args)`` on the reactor until it ends; raise what it raised."""
     d = defer.ensureDeferred(main(args))
     failure: list = []
     d.addErrback(failure.append)

@@ -25,13 +25,13 @@ import tempfile
 from pathlib import Path
 
 from bench_body_read import interleaved_us
-from bench_hold import CARD
+from bench_hold import CARD, run_on_reactor
 from jasmin.interceptor.configs import InterceptorPBConfig
 from jasmin.interceptor.interceptor import InterceptorPB
 from jasmin.routing.jasminApi import Group, User
 from jasmin.routing.Routables import RoutableSubmitSm
 from smpp.pdu.operations import SubmitSM
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 
 from jasmin_credits.charging import Charger
 from jasmin_credits.config import parse_config
@@ -109,14 +109,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--number", type=int, default=3000)
-    args = parser.parse_args()
-    d = defer.ensureDeferred(main(args))
-    failure: list = []
-    d.addErrback(failure.append)
-    d.addBoth(lambda _: reactor.stop())
-    reactor.run()
-    if failure:
-        failure[0].raiseException()
+    run_on_reactor(main, parser.parse_args())
 
 
 if __name__ == "__main__":
