@@ -22,6 +22,7 @@ from tests.e2e.credits_support import (
     send,
     settled_processes,
 )
+from tests.prometheus_support import lint_metrics
 
 OUR_QUEUES = ("jasmin_credits.submit_sm", "jasmin_credits.submit_sm_resp",
               "jasmin_credits.deliver_sm")
@@ -94,8 +95,8 @@ def test_charged(gateway, smpp_client, books):
 
 def test_errors_and_unqueued_holds_released(gateway, smpp_client, books):
     """An SMSC error is released, and a message with no route by the daemon's sweeper.
-    The refund shows in the gateway's metrics, whichever process made it (the last test of
-    the module: the only SMSC error)."""
+    The refund shows in the gateway's metrics, whichever process made it (the module's only
+    SMSC error)."""
     start = books.top_up("alice", 10_000)
     client = smpp_client()
     assert send(client, "3398000201").status == 0
@@ -122,3 +123,13 @@ def metric_sum(gateway, name: str, **labels: str) -> float:
             total += sum(s.value for s in family.samples if s.name == name
                          and all(s.labels.get(k) == v for k, v in labels.items()))
     return total
+
+
+def test_our_metrics_pass_promtool_lint(gateway):
+    """A real gateway's /metrics (with what its settlement process counted) passes
+    Prometheus's lint for our families."""
+    for url in gateway.metrics_urls():
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        assert "jasmin_credits_charges_total" in text
+        assert lint_metrics(text) == ""

@@ -1,5 +1,7 @@
-"""deploy/prometheus/jasmin-credits-alerts.yaml, checked by Prometheus's own ``promtool``
-(Debian's prometheus package, installed by scripts/setup.sh):
+"""What Prometheus reads from us, checked by Prometheus's own ``promtool`` (Debian's
+prometheus package, installed by scripts/setup.sh): our metrics pass its lint
+(``promtool check metrics``; a real gateway's: tests/e2e/test_settled_e2e.py), and
+deploy/prometheus/jasmin-credits-alerts.yaml is sound:
 
 - the rules file is valid (``promtool check rules``), and a broken one is refused;
 - every rule names only metrics, and label values, that jasmin-credits exposes (a renamed
@@ -23,6 +25,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from jasmin_credits.errors import Refusal
 from jasmin_credits.metrics import CreditMetrics, Histogram
 from jasmin_credits.settlement import DELIVER_SM, SUBMIT_SM, SUBMIT_SM_RESP, Outcome
+
+from .prometheus_support import lint_metrics
 
 RULES = (Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
          / "jasmin-credits-alerts.yaml")
@@ -67,6 +71,18 @@ class AlertRulesTests(SynchronousTestCase):
     def run_promtool(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([self.promtool, *args], capture_output=True, text=True,
                               timeout=60, cwd=self.tmp)
+
+    def test_our_metrics_pass_promtool_lint(self):
+        metrics = CreditMetrics(decimals=4)
+        metrics.charged("GB", 1200)
+        metrics.refused("insufficient_credit")
+        metrics.observe_store_call(0.002)
+        metrics.settlement_event("submit_sm", "settled")
+        metrics.lease_request("granted")
+        self.assertEqual(lint_metrics(metrics.render()), "")
+        self.assertIn("counter metrics should have \"_total\" suffix",
+                      lint_metrics("# HELP jasmin_credits_x X.\n# TYPE jasmin_credits_x counter\n"
+                                   "jasmin_credits_x 1\n"))
 
     def test_promtool_accepts_the_rules_and_refuses_a_broken_one(self):
         done = self.run_promtool("check", "rules", str(RULES))
