@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -271,11 +271,11 @@ class CreditsRuntime:
         self._start_leases(publisher, lambda: publisher.connected,
                            end_delay=DROP_IN_END_DELAY, stop_delay=1.0)
 
-    def _declare_marker_route(self, channel: Any) -> Deferred:
+    def _declare_marker_route(self, channel: Any) -> Awaitable[None]:
         from .settlement import QueueNames, declare_marker_route
 
-        queues = QueueNames.with_prefix(self.config.settlement.queue_prefix)
-        return Deferred.fromCoroutine(declare_marker_route(channel, queues))
+        return declare_marker_route(
+            channel, QueueNames.with_prefix(self.config.settlement.queue_prefix))
 
     def _start_leases(self, amqp_broker: Any, ready: Callable[[], bool],
                       end_delay: float = 1.0, stop_delay: float = 0.0) -> None:

@@ -8,7 +8,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from jasmin_credits.config import parse_config
@@ -16,21 +16,13 @@ from jasmin_credits.errors import ConfigError
 from jasmin_credits.runtime import CreditsRuntime
 from jasmin_credits.services import ReloadChannelListener
 
+from .polling import eventually
 from .redis_support import connect
 
 CARD = """name: local
 entries:
   - {prefix: "44", country: GB, price: %s}
 """
-
-
-async def until(predicate, timeout=10.0):
-    """Poll ``predicate`` on the reactor until true (no blocking sleep)."""
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("condition not met in time")
 
 
 class RuntimeCardTests(TestCase):
@@ -71,14 +63,14 @@ class RuntimeCardTests(TestCase):
         second = await self.runtime(cards, prefix)
         listener = ReloadChannelListener(second)
         self.addCleanup(listener.stop)
-        await until(lambda: listener.factory.pool)
+        await eventually(lambda: listener.factory.pool)
         (cards / "local.yaml").write_text(CARD % "0.0900")
         await first.reload_cards()
-        await until(lambda: second.pricer.quote_text("a", None, "447911", "x").total == 900)
+        await eventually(lambda: second.pricer.quote_text("a", None, "447911", "x").total == 900)
         with self.assertRaises(ValueError):
             await first.assign_card("user", "alice", "gold")
         await first.assign_card("user", "alice", "local")
-        await until(lambda: second.card_assignments()["user"] == {"alice": "local"})
+        await eventually(lambda: second.card_assignments()["user"] == {"alice": "local"})
 
     async def test_a_cut_made_anywhere_reaches_another_gateway_at_once(self):
         """A subtraction or new settings, made by any process, are announced: a gateway
@@ -92,13 +84,14 @@ class RuntimeCardTests(TestCase):
         second.wallet_cut = cut.append
         listener = ReloadChannelListener(second)
         self.addCleanup(listener.stop)
-        await until(lambda: listener.factory.pool)
+        await eventually(lambda: listener.factory.pool)
         await first.store.top_up("alice", 1000, op_id="a", actor="t")
         await first.store.top_up("bob", 1000, op_id="b", actor="t")
         await first.store.top_up("bob", -10, op_id="c", actor="t")
-        await until(lambda: cut == ["bob"])  # (in order: an announced top-up would come first)
+        # (in order: an announced top-up would come first)
+        await eventually(lambda: cut == ["bob"])
         await first.store.configure("alice", {"lim:credits:day": 100})
-        await until(lambda: cut == ["bob", "alice"])
+        await eventually(lambda: cut == ["bob", "alice"])
 
     async def test_would_accept_explains_the_refusal(self):
         """A quote says whether the wallet would take it now, and why not."""

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jasmin_credits.errors import StoreUnavailable
 from jasmin_credits.sweeper import Sweeper
 
+from .polling import eventually
 from .redis_support import make_store
 
 UID = "alice"
@@ -109,9 +109,7 @@ class TimeoutTests(TestCase):
         await s.start()
         self.addCleanup(s.stop)
         clock.advance(601)  # one timer call, at a time when the hold is 601 s old
-        deadline = reactor.seconds() + 10
-        while s.runs < 1 and reactor.seconds() < deadline:
-            await deferLater(reactor, 0.01, lambda: None)
+        await eventually(lambda: s.runs >= 1, timeout=10.0, what="the timer's sweep")
         self.assertEqual((s.runs, s.last.released), (1, 1))
         self.assertEqual(await money(store), (1000, 0))
 
