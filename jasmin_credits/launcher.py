@@ -14,8 +14,9 @@ sequence, plus:
   Nagle on, which adds up to 40 ms per message above ~20 msg/s).
 
 At start the Jasmin corrections of :mod:`jasmin_credits.jasmin_fixes` are applied (only those the
-installed Jasmin needs). Without a credits config it behaves exactly like ``jasmind.py`` plus
-those corrections.
+installed Jasmin needs), and after a RabbitMQ restart jasmind's queues and consumers are
+restored (:mod:`jasmin_credits.amqp_recovery`; Jasmin alone stops sending until restarted).
+Without a credits config it behaves exactly like ``jasmind.py`` plus those corrections.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from twisted.internet import defer, reactor
 from twisted.python import usage
 
 from jasmin_credits import jasmin_fixes
+from jasmin_credits.amqp_recovery import AmqpRecovery
 from jasmin_credits.daemonlock import AnotherRuns, single_instance
 from jasmin_credits.daemonlog import share_log
+from jasmin_credits.settlement import QueueNames, bindings
 
 CONFIG_ENV = "JASMIN_CREDITS_CONFIG"
 DEFAULT_LOCK = "/tmp/jasmind"
@@ -139,17 +142,31 @@ class CreditsJasminDaemon(JasminDaemon):
         return super().stopInterceptorPBClient()
 
     def startAMQPBrokerService(self) -> Any:  # noqa: N802 - jasmind API
-        """jasmind's AMQP broker client, then ``runtime.install_amqp_broker(factory)``.
+        """jasmind's AMQP broker client, restored after every reconnection
+        (:mod:`jasmin_credits.amqp_recovery`), then ``runtime.install_amqp_broker(factory)``.
 
         Before anything publishes through it: the router, the SMPP client manager and every
         connector's listener get this one factory afterwards; the runtime wraps its
         ``publish`` to settle the SMSC's answers in process (``settlement.link: queueing``).
         """
         result = super().startAMQPBrokerService()
+        self._amqp_recovery().install()
         install = getattr(self.runtime, "install_amqp_broker", None)
         if install is not None and self._in_process():
             install(self.components["amqp-broker-factory"])
         return result
+
+    def _amqp_recovery(self) -> AmqpRecovery:
+        """The recovery of jasmind's factory, binding settlement's queues again before
+        jasmind publishes: the runtime's, or without one (beside the drop-in interceptord)
+        those of the default prefix that exist."""
+        event_queues = getattr(self.runtime, "event_queues", None)
+        if event_queues is not None:
+            queues, existing_only = event_queues(), False
+        else:
+            queues, existing_only = bindings(QueueNames()), True
+        return AmqpRecovery(self.components["amqp-broker-factory"], self.components, reactor,
+                            event_queues=queues, existing_only=existing_only)
 
     def startSMPPClientManagerPBService(self) -> Any:  # noqa: N802 - jasmind API
         """jasmind's SMPP client manager, then ``runtime.install_client_manager(manager)``.

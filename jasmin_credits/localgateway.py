@@ -368,7 +368,11 @@ class LocalGateway:
         return child
 
     def _spawn_dlr_daemon(self, daemon: str) -> ChildProcess:
-        return self._spawn(daemon, [sys.executable, "-m", f"jasmin.bin.{daemon}",
+        """Jasmin's daemon; ours (the same, restored after a RabbitMQ restart:
+        :mod:`jasmin_credits.jasmin_daemons`) unless this gateway runs stock jasmind."""
+        module = (["jasmin.bin." + daemon] if self.stock_jasmind
+                  else ["jasmin_credits.jasmin_daemons", daemon])
+        return self._spawn(daemon, [sys.executable, "-m", *module,
                                     "-c", str(self.config_path), "-i", self.instance])
 
     def _dlrd_logged_in(self) -> bool:

@@ -149,11 +149,10 @@ class CreditsRuntime:
 
         if self.role == "gateway" and self.config.settlement.enabled:
             # Before Jasmin takes traffic: its events only reach queues that exist.
-            from .settlement import QueueNames, declare_queues, events_consumed
+            from .settlement import declare_queues
 
-            s = self.config.settlement
-            await declare_queues(self.config.amqp, QueueNames.with_prefix(s.queue_prefix),
-                                 events=events_consumed(s.link, s.dlr_refund),
+            queues, events = self._event_queue_names()
+            await declare_queues(self.config.amqp, queues, events=events,
                                  reactor=self.reactor, clock=self.reactor)
 
         self.services = [ReloadChannelListener(self)]
@@ -270,6 +269,24 @@ class CreditsRuntime:
         # on stop, a second for what jasmind was answered just before
         self._start_leases(publisher, lambda: publisher.connected,
                            end_delay=DROP_IN_END_DELAY, stop_delay=1.0)
+
+    def _event_queue_names(self) -> tuple[Any, frozenset[str]]:
+        from .settlement import QueueNames, events_consumed
+
+        s = self.config.settlement
+        return QueueNames.with_prefix(s.queue_prefix), events_consumed(s.link, s.dlr_refund)
+
+    def event_queues(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Settlement's queues (and routing keys) Jasmin's events must reach: the ones
+        :meth:`start` declares before Jasmin takes traffic, and our launcher's jasmind
+        declares again after each reconnection to RabbitMQ before it publishes anything
+        (:mod:`jasmin_credits.amqp_recovery`); none if this process declares none."""
+        if self.role != "gateway" or not self.config.settlement.enabled:
+            return []
+        from .settlement import bindings
+
+        queues, events = self._event_queue_names()
+        return bindings(queues, events)
 
     def _declare_marker_route(self, channel: Any) -> Awaitable[None]:
         from .settlement import QueueNames, declare_marker_route

@@ -1,0 +1,281 @@
+"""jasmind's queues and consumers restored after its AMQP connection comes back.
+
+Jasmin 0.11.1's ``AmqpFactory`` reconnects after the broker restarts (or drops the
+connection), but nothing consumes again (upstream issues #1162 and #1234):
+
+- its channel-open callback fires ``channelReady`` a second time and fails
+  (``AlreadyCalledError``), after setting ``connected``: jasmind publishes again;
+- the queues Jasmin declared once, at start or when a connector was added (``submit.sm.<cid>``,
+  ``RouterPB_deliver_sm_all``, ...), are not durable and went with the broker, and their
+  consumers went with the connection. jasmind answers ``ESME_ROK`` to messages it never sends,
+  receives no MO message, and ``smppccm -1`` fails (no queue), until it is restarted.
+
+:class:`AmqpRecovery` is installed by our launcher on jasmind's factory. On every connection
+after the first it declares and consumes again what jasmind's components declared and consumed
+at start, with their own methods where they have one: the router's ``deliver.sm.*`` and
+billing queues, the in-process DLR lookup and throwers if enabled, and every connector's
+``submit.sm.<cid>`` queue (consumed again if the connector is started).
+
+Until all of that is declared again, jasmind stays "not connected" to its own code: its SMPP
+server and HTTP API refuse messages (``ESME_RSUBMITFAIL``, as while the broker was down) for
+the tens of milliseconds it takes. Publishing earlier would be worse: a message published
+before its connector's queue exists is dropped by the broker, and one published before
+settlement's queue is bound again would be sent and never charged (settlement learns message
+ids from ``submit.sm.*``). (Making publishes wait is no way out: Jasmin's SMPP server takes a
+publish that has not completed at once for a failure, and answers ``ESME_RSUBMITFAIL`` for a
+message it then sends.) Settlement's queues are declared and bound first: the ones our runtime
+declares at start (``event_queues``), or, with no runtime (our launcher without a credits
+config, beside the drop-in interceptord), settlement's queues under the default prefix where
+they exist (``existing_only``: a passive declaration, so that a gateway without credits never
+gains a queue nobody reads). If the restoration fails, the connection is closed so that the
+factory tries again.
+
+Messages delivered on the old connection may still be in jasmind's hands (waiting for the
+SMSC's answer, or for a requeue timer). Acknowledging one on the new channel would name a
+delivery tag that channel never gave: the broker closes the channel (the one every message of
+jasmind takes), or acknowledges another message. So every delivery is stamped with its
+channel, and Jasmin's ``ackMessage``/``rejectMessage`` skip a message from a channel that is
+no longer jasmind's: the broker already requeued it, or lost it with its queue.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from txamqp.client import Closed
+
+from .amqp import EXCHANGE, declare_bound_queue, declare_exchange
+
+log = logging.getLogger("jasmin-credits")
+
+RESTORE_TIMEOUT = 30.0
+"""Seconds the broker has to answer all of a restoration's declarations; past that the
+connection is closed, and jasmind's factory reconnects and restores again."""
+
+FIRST_PROBE_CHANNEL = 1000
+"""Channel ids for passive declarations (one each: a missing queue closes its channel), far
+from jasmind's channel 1 and the marker route's ids from 2."""
+
+EventQueues = Sequence[tuple[str, Iterable[str]]]
+"""Settlement's queues and the routing keys each is bound to on ``messaging``."""
+
+
+STAMP = "jasmin_credits_channel"
+"""Where a delivered txAMQP ``Message`` keeps the channel it came on (its ``__dict__``:
+``Message.__setattr__`` only takes the method's fields)."""
+
+
+def _connectors(manager: Any) -> list[dict[str, Any]]:
+    return list(getattr(manager, "connectors", None) or [])
+
+
+async def _maybe(result: Any) -> Any:
+    """Await ``result`` if Jasmin returned a Deferred (``named_queue_declare`` answers None
+    for a queue already declared on this connection)."""
+    if isinstance(result, Deferred):
+        return await result
+    return result
+
+
+class AmqpRecovery:
+    """Restores jasmind's queues and consumers on ``factory`` (jasmind's ``AmqpFactory``) at
+    each reconnection; ``components`` is jasmind's component map (read at that time, so the
+    components started after the factory are included)."""
+
+    def __init__(self, factory: Any, components: Mapping[str, Any], clock: IReactorTime, *,
+                 event_queues: EventQueues = (), existing_only: bool = False,
+                 timeout: float = RESTORE_TIMEOUT):
+        self.factory = factory
+        self.components = components
+        self.clock = clock
+        self.event_queues = event_queues
+        self.existing_only = existing_only
+        self.timeout = timeout
+        self.restored = 0
+        """Restorations that completed (for tests and logs)."""
+
+    def install(self) -> None:
+        """Take over the factory's channel-open callback and stamp its deliveries.
+
+        Before the factory's first delivery: txAMQP's delegate caches a handler per method
+        the first time it dispatches one."""
+        factory = self.factory
+        first_open = factory._channel_open
+
+        def channel_open(arg: Any) -> Any:
+            ready = factory.channelReady
+            if not (isinstance(ready, Deferred) and ready.called):
+                return first_open(arg)  # jasmind's start waits for this one
+            self.restore()  # (``connected`` once restored)
+            return None
+
+        factory._channel_open = channel_open
+        delegate = factory.delegate
+        delegate.basic_deliver = _stamping(delegate.basic_deliver)
+        delegate.handlers.clear()
+        guard_acknowledgements()
+
+    def restore(self) -> Deferred:
+        """Declare and consume again on the factory's current connection (in the background:
+        failures are logged, and close the connection so that the factory tries again)."""
+        client = self.factory.client
+        log.warning("reconnected to RabbitMQ: declaring Jasmin's queues and consuming "
+                    "from them again")
+        restoring = Deferred.fromCoroutine(self._restore(client))
+        restoring.addTimeout(self.timeout, self.clock)
+        return restoring.addCallbacks(self._restored, self._failed, errbackArgs=(client,))
+
+    def _restored(self, names: list[str]) -> None:
+        self.restored += 1
+        log.info("Jasmin's AMQP consumers are back: %s", ", ".join(names) or "none")
+
+    def _failed(self, failure: Any, client: Any) -> None:
+        log.error("restoring Jasmin's AMQP queues failed (%s): closing the connection, "
+                  "to reconnect and try again", failure.getErrorMessage())
+        transport = getattr(client, "transport", None)
+        if client is self.factory.client and transport is not None:
+            transport.loseConnection()
+
+    async def _restore(self, client: Any) -> list[str]:
+        """Settlement's queues, then what jasmind's start declared, in its order: the
+        router's queues, the in-process DLR lookup and throwers, then the connectors (their
+        ``basic_qos`` applies to consumers created after it on the channel)."""
+        factory = self.factory
+        # Jasmin's components declare through ``named_queue_declare``, which refuses while
+        # not connected: the same declaration, without that check, until restored.
+        factory.named_queue_declare = functools.partial(_named_queue_declare, factory)
+        try:
+            names = await self._components(client)
+        finally:
+            del factory.named_queue_declare
+        if client is factory.client:
+            factory.connected = True
+        return names
+
+    async def _components(self, client: Any) -> list[str]:
+        names = await self._event_queues(client)
+        router = self.components.get("router-pb-factory")
+        if router is not None:
+            await router.addAmqpBroker(self.factory)
+            names.append("router")
+        lookup = self.components.get("dlrlookup")
+        if lookup is not None:
+            lookup.q = None  # (its setup_callbacks keeps the first queue it is given)
+            await _maybe(lookup.subscribe())
+            names.append("dlr lookup")
+        for name in ("deliversm-thrower", "dlr-thrower"):
+            thrower = self.components.get(name)
+            if thrower is not None:
+                await thrower.addAmqpBroker(self.factory)
+                names.append(name)
+        connectors = _connectors(self.components.get("smppcm-pb-factory"))
+        if connectors:
+            await self.factory.chan.basic_qos(prefetch_count=1)
+        for connector in connectors:
+            await self._connector(connector)
+            names.append(f"connector {connector['id']}")
+        return names
+
+    async def _event_queues(self, client: Any) -> list[str]:
+        """Declare and bind settlement's queues (only those that exist, if
+        ``existing_only``); answer the names bound."""
+        if not self.existing_only:
+            for queue, keys in self.event_queues:
+                await declare_bound_queue(self.factory.chan, queue, keys)
+            return [queue for queue, _ in self.event_queues]
+        bound = []
+        for number, (queue, keys) in enumerate(self.event_queues, FIRST_PROBE_CHANNEL):
+            channel = await client.channel(number)
+            await channel.channel_open()
+            try:
+                await channel.queue_declare(queue=queue, passive=True)
+            except Closed:  # (no such queue: the broker closed this channel)
+                continue
+            await declare_exchange(channel)
+            for key in keys:
+                await channel.queue_bind(queue=queue, exchange=EXCHANGE, routing_key=key)
+            await channel.channel_close()
+            bound.append(queue)
+        return bound
+
+    async def _connector(self, connector: dict[str, Any]) -> None:
+        """``perspective_connector_add``'s declaration and, for a started connector,
+        ``perspective_connector_start``'s consumer (without restarting its SMPP session)."""
+        factory, chan = self.factory, self.factory.chan
+        queue = f"submit.sm.{connector['id']}"
+        await chan.exchange_declare(exchange="messaging", type="topic")
+        await _maybe(factory.named_queue_declare(queue=queue))
+        await chan.queue_bind(queue=queue, exchange="messaging", routing_key=queue)
+        tag = connector.get("consumer_tag")
+        if tag is None:  # stopped: messages wait in the queue, as after connector_add
+            return
+        await chan.basic_consume(queue=queue, no_ack=False, consumer_tag=tag)
+        submit_sm_q = await factory.client.queue(tag)
+        listener = connector["sm_listener"]
+        listener.setSubmitSmQ(submit_sm_q)
+        connector["submit_sm_q"] = submit_sm_q
+        submit_sm_q.get().addCallback(listener.submit_sm_callback).addErrback(
+            listener.submit_sm_errback)
+
+
+def _named_queue_declare(factory: Any, *args: Any, **keys: Any) -> Deferred | None:
+    """Jasmin's ``AmqpFactory.named_queue_declare`` without its ``connected`` check."""
+    if keys["queue"] in factory.queues:
+        return None
+    return factory.chan.queue_declare(*args, **keys).addCallback(factory._queue_declared)
+
+
+def _stamping(deliver: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def basic_deliver(channel: Any, message: Any) -> Any:
+        message.__dict__[STAMP] = channel
+        return deliver(channel, message)
+
+    return basic_deliver
+
+
+def _skipping_stale(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` (an ``ackMessage`` or ``rejectMessage(message, ...)`` of a Jasmin class
+    with ``amqpBroker``), skipping a message delivered on a channel no longer the broker's."""
+
+    @functools.wraps(method)
+    def acknowledge(self: Any, *args: Any, **kwargs: Any) -> Any:
+        message = kwargs["message"] if "message" in kwargs else args[0]
+        channel = getattr(message, "__dict__", {}).get(STAMP)
+        if channel is not None and channel is not self.amqpBroker.chan:
+            log.info("not acknowledging a message delivered before the reconnection to "
+                     "RabbitMQ (%s): the broker requeued it or lost it with its queue",
+                     method.__name__)
+            return defer.succeed(None)
+        return method(self, *args, **kwargs)
+
+    acknowledge.jasmin_credits_guarded = True
+    return acknowledge
+
+
+def _acknowledging_classes() -> list[type]:
+    """Every Jasmin class that acknowledges deliveries on jasmind's factory."""
+    from jasmin.managers.dlr import DLRLookup
+    from jasmin.managers.listeners import SMPPClientSMListener
+    from jasmin.routing.router import RouterPB
+    from jasmin.routing.throwers import Thrower
+
+    return [SMPPClientSMListener, RouterPB, Thrower, DLRLookup]
+
+
+def guard_acknowledgements(classes: list[type] | None = None) -> None:
+    """Make ``ackMessage``/``rejectMessage`` of ``classes`` (Jasmin's by default) skip
+    stale deliveries; a second call changes nothing."""
+    for cls in _acknowledging_classes() if classes is None else classes:
+        for name in ("ackMessage", "rejectMessage"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "jasmin_credits_guarded", False):
+                setattr(cls, name, _skipping_stale(method))
+
+
+__all__ = ["AmqpRecovery", "guard_acknowledgements"]

@@ -1,0 +1,217 @@
+"""jasmind's AMQP consumers across a real RabbitMQ restart (:mod:`jasmin_credits.amqp_recovery`).
+
+Jasmin's own ``AmqpFactory`` and ``RouterPB`` against a private broker that is stopped and
+started. The connector's listener stands in for Jasmin's ``SMPPClientSMListener`` (which
+would send to an SMSC) but acknowledges through Jasmin's own ``ackMessage``; the whole path,
+with a real connector, jasmind and SMSC, is ``tests/faults/test_rabbitmq_restart.py``.
+Without the recovery, the factory's reconnection fails with ``AlreadyCalledError`` and nothing
+consumes again.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jasmin.managers.content import SubmitSmContent
+from jasmin.managers.listeners import SMPPClientSMListener
+from jasmin.queues.configs import AmqpConfig
+from jasmin.queues.factory import AmqpFactory
+from jasmin.routing.configs import RouterPBConfig
+from jasmin.routing.router import RouterPB
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredQueue
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from jasmin_credits.amqp import declare_bound_queue, default_spec_path
+from jasmin_credits.amqp_recovery import AmqpRecovery
+from jasmin_credits.devservices import RabbitMQServer
+
+from .jasmin_objects import smpp_message
+from .polling import eventually
+
+CID = "smsc"
+TAG = f"SMPPClientFactory-{CID}"
+
+
+class Listener:
+    """A connector's listener: takes the messages of ``submit.sm.<cid>`` one at a time, as
+    ``SMPPClientSMListener`` does, and acknowledges them with its ``ackMessage`` unless told
+    to keep them (a message waiting for the SMSC's answer)."""
+
+    def __init__(self, factory: AmqpFactory):
+        self.amqpBroker = factory
+        self.submit_sm_q: Any = None
+        self.received: DeferredQueue = DeferredQueue()
+        self.keep = False
+
+    def ackMessage(self, message: Any) -> Any:  # noqa: N802 - Jasmin's name
+        # (looked up at each call: the recovery guards the class's method when installed)
+        return SMPPClientSMListener.ackMessage(self, message)
+
+    def setSubmitSmQ(self, queue: Any) -> None:  # noqa: N802 - Jasmin's name
+        self.submit_sm_q = queue
+
+    def submit_sm_callback(self, message: Any) -> None:
+        self.submit_sm_q.get().addCallback(self.submit_sm_callback).addErrback(
+            self.submit_sm_errback)
+        if not self.keep:
+            self.ackMessage(message)
+        self.received.put(message)
+
+    def submit_sm_errback(self, failure: Any) -> None:
+        """The queue of a closed connection fails its waiting ``get`` (as in Jasmin)."""
+
+
+class AmqpRecoveryTests(TestCase):
+    timeout = 300
+
+    async def _broker(self) -> RabbitMQServer:
+        rundir = Path(tempfile.mkdtemp(prefix="jc-recovery-rabbitmq-"))
+        self.addCleanup(shutil.rmtree, rundir, True)
+        server = RabbitMQServer(rundir)
+        self.addCleanup(deferToThread, server.stop)
+        await deferToThread(server.start)
+        return server
+
+    async def _jasmind(self, server: RabbitMQServer, **settlement: Any,
+                       ) -> tuple[AmqpFactory, AmqpRecovery, Listener]:
+        """Jasmin's factory (reconnecting after 1 s), its router and one started and one
+        stopped connector, as jasmind has them, with the recovery installed before the
+        factory connects (as our launcher does)."""
+        config = AmqpConfig()
+        config.port = server.port
+        config.spec = default_spec_path()
+        config.log_file = str(server.rundir / "jasmin-amqp-client.log")
+        config.reconnectOnConnectionLossDelay = config.reconnectOnConnectionFailureDelay = 1
+        factory = AmqpFactory(config)
+        router_config = RouterPBConfig()
+        router_config.log_file = str(server.rundir / "router.log")
+        router = RouterPB(router_config, persistenceTimer=False)
+        listener = Listener(factory)
+        connectors = [{"id": CID, "consumer_tag": None, "submit_sm_q": None,
+                       "sm_listener": listener},
+                      {"id": "idle", "consumer_tag": None, "submit_sm_q": None,
+                       "sm_listener": None}]
+        manager = type("Manager", (), {"connectors": connectors})()
+        recovery = AmqpRecovery(factory, {"router-pb-factory": router,
+                                          "smppcm-pb-factory": manager}, reactor,
+                                **settlement)
+        recovery.install()
+        factory.preConnect()
+        reactor.connectTCP("127.0.0.1", server.port, factory)
+        self.addCleanup(factory.disconnectAndDontRetryToConnect)
+        await factory.getChannelReadyDeferred()
+        # jasmind's start: the router subscribes, connectors are added, one is started
+        await router.addAmqpBroker(factory)
+        await factory.chan.basic_qos(prefetch_count=1)
+        connectors[0]["consumer_tag"] = TAG
+        for connector in connectors:
+            await recovery._connector(connector)
+        return factory, recovery, listener
+
+    def _publish(self, factory: AmqpFactory, msgid: str) -> None:
+        factory.publish(exchange="messaging", routing_key=f"submit.sm.{CID}",
+                        content=SubmitSmContent("alice", pickle.dumps(smpp_message(), 2),
+                                                f"submit.sm.resp.{CID}", msgid=msgid))
+
+    async def _restart(self, server: RabbitMQServer, recovery: AmqpRecovery,
+                       factory: AmqpFactory) -> None:
+        restored = recovery.restored
+        await deferToThread(server.stop)
+        await eventually(lambda: not factory.connected, what="jasmind's factory disconnected")
+        await deferToThread(server.start)
+        await eventually(lambda: recovery.restored > restored, timeout=60,
+                         what="jasmind's queues restored")
+
+    async def test_consumers_come_back_after_a_broker_restart(self):
+        server = await self._broker()
+        factory, recovery, listener = await self._jasmind(server)
+        self._publish(factory, "before")
+        first = await listener.received.get().addTimeout(30, reactor)
+        self.assertEqual(first.content.properties["message-id"], "before")
+
+        await self._restart(server, recovery, factory)
+
+        consumers = await deferToThread(server.queue_consumers)
+        self.assertEqual(consumers.get(f"submit.sm.{CID}"), 1)
+        self.assertEqual(consumers.get("submit.sm.idle"), 0)  # declared, not consumed
+        self.assertEqual(consumers.get("RouterPB_deliver_sm_all"), 1)
+        self.assertEqual(consumers.get("RouterPB_bill_request_submit_sm_resp_all"), 1)
+        bindings = await deferToThread(server.bindings)
+        self.assertIn(("messaging", "submit.sm.idle", "submit.sm.idle"), bindings)
+        # prefetch 1: the second message comes only once the first was acknowledged
+        for msgid in ("after-1", "after-2", "after-3"):
+            self._publish(factory, msgid)
+        got = [(await listener.received.get().addTimeout(30, reactor))
+               .content.properties["message-id"] for _ in range(3)]
+        self.assertEqual(got, ["after-1", "after-2", "after-3"])
+
+    async def test_a_delivery_from_before_the_restart_is_not_acknowledged_after_it(self):
+        """Acknowledging it on the new channel would name a delivery tag that channel never
+        gave: the broker would close jasmind's channel."""
+        server = await self._broker()
+        factory, recovery, listener = await self._jasmind(server)
+        listener.keep = True  # waiting for an SMSC that answers after the restart
+        self._publish(factory, "in-flight")
+        in_flight = await listener.received.get().addTimeout(30, reactor)
+
+        await self._restart(server, recovery, factory)
+        with self.assertLogs("jasmin-credits", "INFO") as logs:
+            await listener.ackMessage(in_flight)
+        self.assertIn("not acknowledging a message delivered before the reconnection",
+                      logs.output[0])
+
+        listener.keep = False
+        for msgid in ("after-1", "after-2"):
+            self._publish(factory, msgid)
+        got = [(await listener.received.get().addTimeout(30, reactor))
+               .content.properties["message-id"] for _ in range(2)]
+        self.assertEqual(got, ["after-1", "after-2"])
+        self.assertTrue(factory.connected)
+
+    async def test_settlements_queues_are_bound_again_before_jasmind_publishes(self):
+        """Jasmin's ``messaging`` is not durable: the restart took settlement's bindings.
+        A message jasmind publishes as soon as it says it is connected again must reach
+        settlement's queue (else it is sent and never charged)."""
+        server = await self._broker()
+        queue = "jc-recovery.submit_sm"
+        factory, recovery, listener = await self._jasmind(
+            server, event_queues=[(queue, ("submit.sm.*",))])
+        await declare_bound_queue(factory.chan, queue, ["submit.sm.*"])  # (runtime's start)
+        restored = recovery.restored
+        await deferToThread(server.stop)
+        await eventually(lambda: not factory.connected, what="jasmind's factory disconnected")
+        await deferToThread(server.start)
+        await eventually(lambda: factory.connected, timeout=60, interval=0.01,
+                         what="jasmind connected again")
+        self.assertEqual(recovery.restored, restored + 1)  # (connected once restored only)
+        self._publish(factory, "first-after")
+        await eventually(lambda: deferToThread(server.queue_messages).addCallback(
+            lambda counts: counts.get(queue) == 1), what="the message in settlement's queue")
+        bindings = await deferToThread(server.bindings)
+        self.assertIn(("messaging", queue, "submit.sm.*"), bindings)
+
+    async def test_without_a_runtime_only_existing_settlement_queues_are_bound(self):
+        """Our launcher without a credits config (beside the drop-in interceptord) binds
+        settlement's queues again where they exist, and creates none."""
+        server = await self._broker()
+        there, missing = "jc-there.submit_sm", "jc-missing.submit_sm"
+        factory, recovery, listener = await self._jasmind(
+            server, event_queues=[(missing, ("submit.sm.*",)), (there, ("submit.sm.*",))],
+            existing_only=True)
+        await declare_bound_queue(factory.chan, there, ["submit.sm.*"])
+
+        await self._restart(server, recovery, factory)
+
+        bindings = await deferToThread(server.bindings)
+        self.assertIn(("messaging", there, "submit.sm.*"), bindings)
+        counts = await deferToThread(server.queue_messages)
+        self.assertIn(there, counts)
+        self.assertNotIn(missing, counts)
+        consumers = await deferToThread(server.queue_consumers)
+        self.assertEqual(consumers.get(f"submit.sm.{CID}"), 1)  # the rest restored too
