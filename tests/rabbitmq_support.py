@@ -83,3 +83,42 @@ async def listen(test: Any, settings: AmqpSettings, queue: str,
     test.addCleanup(connection.stop)
     await connection.when_ready()
     return got["incoming"]
+
+
+async def private_broker(test: Any, prefix: str) -> RabbitMQServer:
+    """A broker of ``test``'s own, for tests that stop and start it (the session's is
+    shared); stopped and removed at the test's end."""
+    from twisted.internet.threads import deferToThread
+
+    rundir = Path(tempfile.mkdtemp(prefix=prefix))
+    test.addCleanup(shutil.rmtree, rundir, True)
+    server = RabbitMQServer(rundir)
+    test.addCleanup(deferToThread, server.stop)
+    await deferToThread(server.start)
+    return server
+
+
+async def jasmind_factory(test: Any, server: RabbitMQServer,
+                          before_connect: Callable[[Any], Any] = lambda factory: None) -> Any:
+    """Jasmin's own ``AmqpFactory`` as jasmind runs it, connected to ``server`` and
+    reconnecting 1 s after a loss (Jasmin's default: 10); ``before_connect(factory)`` runs
+    first (where our launcher installs its recovery). Disconnected at the test's end."""
+    from jasmin.queues.configs import AmqpConfig
+    from jasmin.queues.factory import AmqpFactory
+    from twisted.internet import reactor
+
+    from jasmin_credits.amqp import default_spec_path
+
+    config = AmqpConfig()
+    config.port = server.port
+    config.spec = default_spec_path()
+    config.log_file = str(server.rundir / "jasmin-amqp-client.log")
+    config.reconnectOnConnectionLossDelay = config.reconnectOnConnectionFailureDelay = 1
+    factory = AmqpFactory(config)
+    before_connect(factory)
+    factory.preConnect()
+    reactor.connectTCP("127.0.0.1", server.port, factory)
+    test.addCleanup(factory.disconnectAndDontRetryToConnect)
+    await factory.getChannelReadyDeferred()
+    return factory
+

@@ -11,14 +11,10 @@ consumes again.
 from __future__ import annotations
 
 import pickle
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from jasmin.managers.content import SubmitSmContent
 from jasmin.managers.listeners import SMPPClientSMListener
-from jasmin.queues.configs import AmqpConfig
 from jasmin.queues.factory import AmqpFactory
 from jasmin.routing.configs import RouterPBConfig
 from jasmin.routing.router import RouterPB
@@ -27,12 +23,13 @@ from twisted.internet.defer import DeferredQueue
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from jasmin_credits.amqp import declare_bound_queue, default_spec_path
+from jasmin_credits.amqp import declare_bound_queue
 from jasmin_credits.amqp_recovery import AmqpRecovery
 from jasmin_credits.devservices import RabbitMQServer
 
 from .jasmin_objects import smpp_message
 from .polling import eventually
+from .rabbitmq_support import jasmind_factory, private_broker
 
 CID = "smsc"
 TAG = f"SMPPClientFactory-{CID}"
@@ -71,41 +68,31 @@ class AmqpRecoveryTests(TestCase):
     timeout = 300
 
     async def _broker(self) -> RabbitMQServer:
-        rundir = Path(tempfile.mkdtemp(prefix="jc-recovery-rabbitmq-"))
-        self.addCleanup(shutil.rmtree, rundir, True)
-        server = RabbitMQServer(rundir)
-        self.addCleanup(deferToThread, server.stop)
-        await deferToThread(server.start)
-        return server
+        return await private_broker(self, "jc-recovery-rabbitmq-")
 
     async def _jasmind(self, server: RabbitMQServer, **settlement: Any,
                        ) -> tuple[AmqpFactory, AmqpRecovery, Listener]:
         """Jasmin's factory (reconnecting after 1 s), its router and one started and one
         stopped connector, as jasmind has them, with the recovery installed before the
         factory connects (as our launcher does)."""
-        config = AmqpConfig()
-        config.port = server.port
-        config.spec = default_spec_path()
-        config.log_file = str(server.rundir / "jasmin-amqp-client.log")
-        config.reconnectOnConnectionLossDelay = config.reconnectOnConnectionFailureDelay = 1
-        factory = AmqpFactory(config)
         router_config = RouterPBConfig()
         router_config.log_file = str(server.rundir / "router.log")
         router = RouterPB(router_config, persistenceTimer=False)
-        listener = Listener(factory)
-        connectors = [{"id": CID, "consumer_tag": None, "submit_sm_q": None,
-                       "sm_listener": listener},
+        connectors = [{"id": CID, "consumer_tag": None, "submit_sm_q": None},
                       {"id": "idle", "consumer_tag": None, "submit_sm_q": None,
                        "sm_listener": None}]
         manager = type("Manager", (), {"connectors": connectors})()
-        recovery = AmqpRecovery(factory, {"router-pb-factory": router,
-                                          "smppcm-pb-factory": manager}, reactor,
-                                **settlement)
-        recovery.install()
-        factory.preConnect()
-        reactor.connectTCP("127.0.0.1", server.port, factory)
-        self.addCleanup(factory.disconnectAndDontRetryToConnect)
-        await factory.getChannelReadyDeferred()
+        made = {}
+
+        def install(factory: AmqpFactory) -> None:
+            made["recovery"] = AmqpRecovery(factory, {"router-pb-factory": router,
+                                                      "smppcm-pb-factory": manager},
+                                            reactor, **settlement)
+            made["recovery"].install()
+            connectors[0]["sm_listener"] = Listener(factory)
+
+        factory = await jasmind_factory(self, server, install)
+        recovery, listener = made["recovery"], connectors[0]["sm_listener"]
         # jasmind's start: the router subscribes, connectors are added, one is started
         await router.addAmqpBroker(factory)
         await factory.chan.basic_qos(prefetch_count=1)

@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
-from jasmin.queues.configs import AmqpConfig
-from jasmin.queues.factory import AmqpFactory
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from jasmin_credits.amqp import AmqpPublisher, declare_bound_queue, default_spec_path
+from jasmin_credits.amqp import AmqpPublisher, declare_bound_queue
 from jasmin_credits.config import parse_config
 from jasmin_credits.devservices import RabbitMQServer
 from jasmin_credits.runtime import CreditsRuntime
@@ -37,7 +32,7 @@ from jasmin_credits.settlement import (
 )
 
 from .polling import eventually
-from .rabbitmq_support import listen, settings_for
+from .rabbitmq_support import jasmind_factory, listen, private_broker, settings_for
 from .redis_support import connect
 
 PRICE = 10
@@ -47,13 +42,7 @@ class LeaseMarkerAcrossBrokerRestartTests(TestCase):
     timeout = 300
 
     async def _broker(self) -> RabbitMQServer:
-        """A private broker (the session's is shared, and this one is restarted)."""
-        rundir = Path(tempfile.mkdtemp(prefix="jc-marker-rabbitmq-"))
-        self.addCleanup(shutil.rmtree, rundir, True)
-        server = RabbitMQServer(rundir)
-        self.addCleanup(deferToThread, server.stop)
-        await deferToThread(server.start)
-        return server
+        return await private_broker(self, "jc-marker-rabbitmq-")
 
     async def _runtime(self, server: RabbitMQServer, mode: str) -> CreditsRuntime:
         config = parse_config({
@@ -70,23 +59,9 @@ class LeaseMarkerAcrossBrokerRestartTests(TestCase):
         await runtime.store.top_up("alice", 1000, op_id="t", actor="t")
         return runtime
 
-    async def _jasmind_factory(self, server: RabbitMQServer) -> AmqpFactory:
-        """Jasmin's own factory, as jasmind runs it, reconnecting after 1 s (default 10)."""
-        config = AmqpConfig()
-        config.port = server.port
-        config.spec = default_spec_path()
-        config.log_file = str(server.rundir / "jasmin-amqp-client.log")
-        config.reconnectOnConnectionLossDelay = config.reconnectOnConnectionFailureDelay = 1
-        factory = AmqpFactory(config)
-        factory.preConnect()
-        reactor.connectTCP("127.0.0.1", server.port, factory)
-        self.addCleanup(factory.disconnectAndDontRetryToConnect)
-        await factory.getChannelReadyDeferred()
-        return factory
-
     async def test_jasminds_factory_publishes_the_marker_after_a_restart(self):
         server = await self._broker()
-        factory = await self._jasmind_factory(server)
+        factory = await jasmind_factory(self, server)
         runtime = await self._runtime(server, "pre-routing")
         runtime.install_client_manager(SimpleNamespace(
             perspective_submit_sm=lambda *args, **kw: None, amqpBroker=factory))
