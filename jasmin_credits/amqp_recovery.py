@@ -149,11 +149,13 @@ class AmqpRecovery:
         factory = self.factory
         # Jasmin's components declare through ``named_queue_declare``, which refuses while
         # not connected: the same declaration, without that check, until restored.
-        factory.named_queue_declare = functools.partial(_named_queue_declare, factory)
+        declaring = functools.partial(_named_queue_declare, factory)
+        factory.named_queue_declare = declaring
         try:
             names = await self._components(client)
-        finally:
-            del factory.named_queue_declare
+        finally:  # (unless a newer restoration, on a newer connection, put its own)
+            if factory.__dict__.get("named_queue_declare") is declaring:
+                del factory.named_queue_declare
         if client is factory.client:
             factory.connected = True
         return names

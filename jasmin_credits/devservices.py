@@ -320,6 +320,12 @@ class RabbitMQServer:
                 found.add((parts[0], parts[1], parts[2]))
         return found
 
+    def delete_queue(self, name: str) -> None:
+        """Delete queue ``name`` on vhost ``/`` (``rabbitmqctl delete_queue``)."""
+        done = self._ctl("delete_queue", name, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"cannot delete queue {name}: {done.stderr.strip()}")
+
     def queue_consumers(self) -> dict[str, int]:
         """Queue name → number of consumers, on vhost ``/`` (``rabbitmqctl list_queues``)."""
         return self._queue_column("consumers")

@@ -202,3 +202,29 @@ class AmqpRecoveryTests(TestCase):
         self.assertNotIn(missing, counts)
         consumers = await deferToThread(server.queue_consumers)
         self.assertEqual(consumers.get(f"submit.sm.{CID}"), 1)  # the rest restored too
+
+    async def test_a_failed_restoration_never_lets_jasmind_publish(self):
+        """Settlement's queue cannot be declared (the broker refuses: a queue of that name
+        with other arguments): jasmind stays "not connected" (its clients are refused, no
+        message is sent uncharged), closes the connection and tries again until it works."""
+        server = await self._broker()
+        queue = "jc-conflict.submit_sm"
+        factory, recovery, listener = await self._jasmind(
+            server, event_queues=[(queue, ("submit.sm.*",))])
+        await factory.chan.queue_declare(queue=queue, durable=True,
+                                         arguments={"x-max-length": 5})  # (survives)
+        await deferToThread(server.stop)
+        await eventually(lambda: not factory.connected, what="jasmind's factory disconnected")
+        with self.assertLogs("jasmin-credits", "ERROR") as logs:
+            await deferToThread(server.start)
+            await eventually(lambda: len(logs.output) >= 2, timeout=60,
+                             what="two restorations failed")
+        self.assertIn("restoring Jasmin's AMQP queues failed", logs.output[0])
+        self.assertFalse(factory.connected)
+        self.assertEqual(recovery.restored, 0)
+
+        await deferToThread(server.delete_queue, queue)
+        await eventually(lambda: factory.connected, timeout=60, what="restored at last")
+        self.assertEqual(recovery.restored, 1)
+        bindings = await deferToThread(server.bindings)
+        self.assertIn(("messaging", queue, "submit.sm.*"), bindings)
