@@ -30,12 +30,21 @@ they exist (``existing_only``: a passive declaration, so that a gateway without 
 gains a queue nobody reads). If the restoration fails, the connection is closed so that the
 factory tries again.
 
+What Jasmin publishes while disconnected is kept and published once restored, before the
+factory says it is connected again (at most :data:`MAX_KEPT`): the SMSC's answers
+(``dlr.submit_sm_resp``) and receipts for messages jasmind still had in hand, MO messages.
+Jasmin alone logs and drops them; an answer dropped that way leaves its message sent and
+settled by ``unanswered_policy`` (a refund by default) instead of charged. (New messages are
+not published while disconnected: Jasmin refuses them first.)
+
 Messages delivered on the old connection may still be in jasmind's hands (waiting for the
 SMSC's answer, or for a requeue timer). Acknowledging one on the new channel would name a
 delivery tag that channel never gave: the broker closes the channel (the one every message of
 jasmind takes), or acknowledges another message. So every delivery is stamped with its
 channel, and Jasmin's ``ackMessage``/``rejectMessage`` skip a message from a channel that is
-no longer jasmind's: the broker already requeued it, or lost it with its queue.
+no longer jasmind's: the broker already requeued it, or lost it with its queue. An
+acknowledgement refused because the connection is closing is skipped too: Jasmin acknowledges
+an SMSC's answer before it publishes it, and would otherwise drop the answer.
 """
 
 from __future__ import annotations
@@ -65,6 +74,10 @@ from jasmind's channel 1 and the marker route's ids from 2."""
 EventQueues = Sequence[tuple[str, Iterable[str]]]
 """Settlement's queues and the routing keys each is bound to on ``messaging``."""
 
+
+MAX_KEPT = 10_000
+"""Publications kept while disconnected; later ones are dropped (and counted in the log),
+as Jasmin drops them all."""
 
 STAMP = "jasmin_credits_channel"
 """Where a delivered txAMQP ``Message`` keeps the channel it came on (its ``__dict__``:
@@ -99,6 +112,9 @@ class AmqpRecovery:
         self.timeout = timeout
         self.restored = 0
         """Restorations that completed (for tests and logs)."""
+        self.kept: list[dict[str, Any]] = []
+        """What Jasmin published while disconnected, in order (``publish``'s arguments)."""
+        self.dropped = 0
 
     def install(self) -> None:
         """Take over the factory's channel-open callback and stamp its deliveries.
@@ -116,10 +132,42 @@ class AmqpRecovery:
             return None
 
         factory._channel_open = channel_open
+        # (before our runtime's wrappers of ``publish``, which then see every call at once)
+        factory.publish = self._keeping(factory.publish)
         delegate = factory.delegate
         delegate.basic_deliver = _stamping(delegate.basic_deliver)
         delegate.handlers.clear()
         guard_acknowledgements()
+
+    def _keeping(self, publish: Callable[..., Any]) -> Callable[..., Any]:
+        """``publish``, keeping what it is given while the factory is not connected, and
+        marking settlement's events persistent (:func:`persistent`)."""
+        factory = self.factory
+
+        def keeping_publish(**args: Any) -> Any:
+            persistent(args)
+            ready = factory.channelReady
+            if factory.connected or not (isinstance(ready, Deferred) and ready.called):
+                return publish(**args)  # (or never connected yet, or stopping: dropped)
+            if len(self.kept) < MAX_KEPT:
+                self.kept.append(args)
+            else:
+                self.dropped += 1
+            return None  # (what Jasmin's publish answers when not connected)
+
+        return keeping_publish
+
+    async def _publish_kept(self) -> int:
+        """Publish what was kept on the restored channel, in order (Jasmin's ``publish``
+        itself refuses until ``connected``); answer how many."""
+        kept, self.kept = self.kept, []
+        for args in kept:
+            await self.factory.chan.basic_publish(**args)
+        if self.dropped:
+            log.warning("%d publications made while disconnected from RabbitMQ were dropped "
+                        "(at most %d are kept)", self.dropped, MAX_KEPT)
+            self.dropped = 0
+        return len(kept)
 
     def restore(self) -> Deferred:
         """Declare and consume again on the factory's current connection (in the background:
@@ -153,6 +201,9 @@ class AmqpRecovery:
         factory.named_queue_declare = declaring
         try:
             names = await self._components(client)
+            kept = await self._publish_kept()
+            if kept:
+                names.append(f"{kept} publications kept while disconnected, published")
         finally:  # (unless a newer restoration, on a newer connection, put its own)
             if factory.__dict__.get("named_queue_declare") is declaring:
                 del factory.named_queue_declare
@@ -226,6 +277,25 @@ class AmqpRecovery:
             listener.submit_sm_errback)
 
 
+SETTLED_EVENTS = ("submit.sm.", "dlr.submit_sm_resp", "dlr.deliver_sm")
+"""Routing keys (starts) of what settlement reads from its durable queues."""
+
+
+def persistent(args: dict[str, Any]) -> None:
+    """Mark a publication settlement reads (``submit.sm.<cid>``, ``dlr.*``) persistent.
+
+    Jasmin publishes everything transient. In settlement's durable queues a transient message
+    does not survive a broker restart: an SMSC's answer settled had not read yet was lost, and
+    its message settled by ``unanswered_policy`` (a refund by default) instead of charged.
+    Jasmin's own queues are not durable, so the mark changes nothing there."""
+    key = args.get("routing_key", "")
+    if key.startswith(SETTLED_EVENTS) and not key.startswith("submit.sm.resp."):
+        content = args.get("content")
+        properties = getattr(content, "properties", None)
+        if properties is not None:
+            properties["delivery-mode"] = 2
+
+
 def _named_queue_declare(factory: Any, *args: Any, **keys: Any) -> Deferred | None:
     """Jasmin's ``AmqpFactory.named_queue_declare`` without its ``connected`` check."""
     if keys["queue"] in factory.queues:
@@ -254,10 +324,21 @@ def _skipping_stale(method: Callable[..., Any]) -> Callable[..., Any]:
                      "RabbitMQ (%s): the broker requeued it or lost it with its queue",
                      method.__name__)
             return defer.succeed(None)
-        return method(self, *args, **kwargs)
+        return defer.maybeDeferred(method, self, *args, **kwargs).addErrback(
+            _channel_gone, method.__name__)
 
     acknowledge.jasmin_credits_guarded = True
     return acknowledge
+
+
+def _channel_gone(failure: Any, name: str) -> None:
+    """An acknowledgement the closing connection refused: nothing to acknowledge any more
+    (the broker requeues the message, or loses it with its queue). Raising it would make
+    Jasmin's ``submit_sm_resp_event`` skip what follows the ack: publishing the SMSC's
+    answer (which is then kept until the connection is back)."""
+    failure.trap(Closed)
+    log.info("%s on a closed AMQP channel skipped: the broker requeued the message or lost "
+             "it with its queue", name)
 
 
 def _acknowledging_classes() -> list[type]:

@@ -13,23 +13,24 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from jasmin.managers.content import SubmitSmContent
+from jasmin.managers.content import DLR, SubmitSmContent
 from jasmin.managers.listeners import SMPPClientSMListener
 from jasmin.queues.factory import AmqpFactory
 from jasmin.routing.configs import RouterPBConfig
 from jasmin.routing.router import RouterPB
+from smpp.pdu.pdu_types import CommandId, CommandStatus
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredQueue
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from jasmin_credits.amqp import declare_bound_queue
-from jasmin_credits.amqp_recovery import AmqpRecovery
+from jasmin_credits.amqp_recovery import AmqpRecovery, persistent
 from jasmin_credits.devservices import RabbitMQServer
 
 from .jasmin_objects import smpp_message
 from .polling import eventually
-from .rabbitmq_support import jasmind_factory, private_broker
+from .rabbitmq_support import jasmind_factory, listen, private_broker, settings_for
 
 CID = "smsc"
 TAG = f"SMPPClientFactory-{CID}"
@@ -228,3 +229,59 @@ class AmqpRecoveryTests(TestCase):
         self.assertEqual(recovery.restored, 1)
         bindings = await deferToThread(server.bindings)
         self.assertIn(("messaging", queue, "submit.sm.*"), bindings)
+
+    async def test_settlements_events_survive_a_broker_restart(self):
+        """Two SMSC answers: one published before the broker stops and not yet read by
+        settlement (Jasmin publishes it transient: the restart would drop it), one for a
+        message jasmind had in hand when the broker went away (Jasmin alone drops it). Either
+        lost leaves its message settled by policy (refunded) instead of charged."""
+        server = await self._broker()
+        queue = "jc-kept.submit_sm_resp"
+        factory, recovery, listener = await self._jasmind(
+            server, event_queues=[(queue, ("dlr.submit_sm_resp",))])
+        await declare_bound_queue(factory.chan, queue, ["dlr.submit_sm_resp"])
+
+        def answer(msgid: str) -> DLR:
+            return DLR(pdu_type=CommandId.submit_sm_resp, msgid=msgid,
+                       status=CommandStatus.ESME_ROK, smpp_msgid=b"smsc-" + msgid.encode())
+
+        await factory.publish(exchange="messaging", routing_key="dlr.submit_sm_resp",
+                              content=answer("unread"))
+        await eventually(lambda: deferToThread(server.queue_messages).addCallback(
+            lambda counts: counts.get(queue) == 1), what="the first answer queued")
+        await deferToThread(server.stop)
+        await eventually(lambda: not factory.connected, what="jasmind's factory disconnected")
+        self.assertIsNone(factory.publish(exchange="messaging",
+                                          routing_key="dlr.submit_sm_resp",
+                                          content=answer("in-hand")))
+        self.assertEqual(len(recovery.kept), 1)
+
+        await deferToThread(server.start)
+        await eventually(lambda: recovery.restored == 1, timeout=60, what="restored")
+        self.assertEqual(recovery.kept, [])
+        incoming = await listen(self, settings_for(server), queue, lambda channel:
+                                declare_bound_queue(channel, queue, ["dlr.submit_sm_resp"]))
+        got = [(await incoming.get().addTimeout(30, reactor)).content.properties["message-id"]
+               for _ in range(2)]
+        self.assertEqual(got, ["unread", "in-hand"])
+
+
+class PersistentTests(TestCase):
+    """Which of Jasmin's publications are marked persistent (Jasmin's own content classes)."""
+
+    def _marked(self, routing_key: str, content: Any) -> Any:
+        persistent({"exchange": "messaging", "routing_key": routing_key, "content": content})
+        return content.properties.get("delivery-mode")
+
+    def test_settlements_events_are_persistent(self):
+        submit = SubmitSmContent("alice", pickle.dumps(smpp_message(), 2),
+                                 f"submit.sm.resp.{CID}")
+        self.assertEqual(self._marked(f"submit.sm.{CID}", submit), 2)
+        answer = DLR(pdu_type=CommandId.submit_sm_resp, msgid="m",
+                     status=CommandStatus.ESME_RSUBMITFAIL)
+        self.assertEqual(self._marked("dlr.submit_sm_resp", answer), 2)
+
+    def test_other_publications_stay_as_jasmin_made_them(self):
+        content = SubmitSmContent("alice", b"x", f"submit.sm.resp.{CID}")
+        self.assertIsNone(self._marked(f"submit.sm.resp.{CID}", content))
+        self.assertIsNone(self._marked(f"deliver.sm.{CID}", content))
