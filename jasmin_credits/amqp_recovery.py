@@ -160,14 +160,18 @@ class AmqpRecovery:
     async def _publish_kept(self) -> int:
         """Publish what was kept on the restored channel, in order (Jasmin's ``publish``
         itself refuses until ``connected``); answer how many."""
-        kept, self.kept = self.kept, []
-        for args in kept:
-            await self.factory.chan.basic_publish(**args)
+        published = 0
+        try:  # (what is kept meanwhile is published too: the loop reaches it)
+            for args in self.kept:
+                await self.factory.chan.basic_publish(**args)
+                published += 1
+        finally:  # (if cut short, the rest waits for the next restoration)
+            del self.kept[:published]
         if self.dropped:
             log.warning("%d publications made while disconnected from RabbitMQ were dropped "
                         "(at most %d are kept)", self.dropped, MAX_KEPT)
             self.dropped = 0
-        return len(kept)
+        return published
 
     def restore(self) -> Deferred:
         """Declare and consume again on the factory's current connection (in the background:
