@@ -84,6 +84,13 @@ STAMP = "jasmin_credits_channel"
 ``Message.__setattr__`` only takes the method's fields)."""
 
 
+def _was_connected(factory: Any) -> bool:
+    """Whether ``factory`` has had a connection (jasmind's start fired ``channelReady``) and
+    is not being stopped (``disconnect`` sets it to False)."""
+    ready = factory.channelReady
+    return isinstance(ready, Deferred) and ready.called
+
+
 def _connectors(manager: Any) -> list[dict[str, Any]]:
     return list(getattr(manager, "connectors", None) or [])
 
@@ -125,8 +132,7 @@ class AmqpRecovery:
         first_open = factory._channel_open
 
         def channel_open(arg: Any) -> Any:
-            ready = factory.channelReady
-            if not (isinstance(ready, Deferred) and ready.called):
+            if not _was_connected(factory):
                 return first_open(arg)  # jasmind's start waits for this one
             self.restore()  # (``connected`` once restored)
             return None
@@ -146,8 +152,7 @@ class AmqpRecovery:
 
         def keeping_publish(**args: Any) -> Any:
             persistent(args)
-            ready = factory.channelReady
-            if factory.connected or not (isinstance(ready, Deferred) and ready.called):
+            if factory.connected or not _was_connected(factory):
                 return publish(**args)  # (or never connected yet, or stopping: dropped)
             if len(self.kept) < MAX_KEPT:
                 self.kept.append(args)
@@ -224,7 +229,7 @@ class AmqpRecovery:
         lookup = self.components.get("dlrlookup")
         if lookup is not None:
             lookup.q = None  # (its setup_callbacks keeps the first queue it is given)
-            await _maybe(lookup.subscribe())
+            await lookup.subscribe()
             names.append("dlr lookup")
         for name in ("deliversm-thrower", "dlr-thrower"):
             thrower = self.components.get(name)
@@ -266,9 +271,9 @@ class AmqpRecovery:
         ``perspective_connector_start``'s consumer (without restarting its SMPP session)."""
         factory, chan = self.factory, self.factory.chan
         queue = f"submit.sm.{connector['id']}"
-        await chan.exchange_declare(exchange="messaging", type="topic")
+        await declare_exchange(chan)
         await _maybe(factory.named_queue_declare(queue=queue))
-        await chan.queue_bind(queue=queue, exchange="messaging", routing_key=queue)
+        await chan.queue_bind(queue=queue, exchange=EXCHANGE, routing_key=queue)
         tag = connector.get("consumer_tag")
         if tag is None:  # stopped: messages wait in the queue, as after connector_add
             return
