@@ -35,7 +35,9 @@ factory says it is connected again (at most :data:`MAX_KEPT`): the SMSC's answer
 (``dlr.submit_sm_resp``) and receipts for messages jasmind still had in hand, MO messages.
 Jasmin alone logs and drops them; an answer dropped that way leaves its message sent and
 settled by ``unanswered_policy`` (a refund by default) instead of charged. (New messages are
-not published while disconnected: Jasmin refuses them first.)
+not published while disconnected: Jasmin refuses them first.) Answers and receipts published
+on the lost connection that the broker had not confirmed go first
+(:mod:`jasmin_credits.amqp_confirms`).
 
 Messages delivered on the old connection may still be in jasmind's hands (waiting for the
 SMSC's answer, or for a requeue timer). Acknowledging one on the new channel would name a
@@ -60,6 +62,7 @@ from twisted.internet.interfaces import IReactorTime
 from txamqp.client import Closed
 
 from .amqp import EXCHANGE, declare_bound_queue, declare_exchange
+from .amqp_confirms import Confirms
 
 log = logging.getLogger("jasmin-credits")
 
@@ -120,8 +123,11 @@ class AmqpRecovery:
         self.restored = 0
         """Restorations that completed (for tests and logs)."""
         self.kept: list[dict[str, Any]] = []
-        """What Jasmin published while disconnected, in order (``publish``'s arguments)."""
+        """What Jasmin published while disconnected, in order (``publish``'s arguments),
+        after the answers and receipts its last connection did not confirm."""
         self.dropped = 0
+        self.confirms: Confirms | None = None
+        """Publisher confirms on the current channel (:mod:`jasmin_credits.amqp_confirms`)."""
 
     def install(self) -> None:
         """Take over the factory's channel-open callback and stamp its deliveries.
@@ -132,6 +138,7 @@ class AmqpRecovery:
         first_open = factory._channel_open
 
         def channel_open(arg: Any) -> Any:
+            self._confirm()
             if not _was_connected(factory):
                 return first_open(arg)  # jasmind's start waits for this one
             self.restore()  # (``connected`` once restored)
@@ -139,7 +146,7 @@ class AmqpRecovery:
 
         factory._channel_open = channel_open
         # (before our runtime's wrappers of ``publish``, which then see every call at once)
-        factory.publish = self._keeping(factory.publish)
+        factory.publish = self.publish = self._keeping(factory.publish)
         delegate = factory.delegate
         delegate.basic_deliver = _stamping(delegate.basic_deliver)
         delegate.handlers.clear()
@@ -161,6 +168,15 @@ class AmqpRecovery:
             return None  # (what Jasmin's publish answers when not connected)
 
         return keeping_publish
+
+    def _confirm(self) -> None:
+        """Confirm mode on the factory's new channel, before anything is published on it;
+        what the previous channel did not confirm is published first once restored."""
+        if self.confirms is not None:
+            self.kept[:0] = self.confirms.unconfirmed()
+        self.confirms = Confirms(self.factory.client, self.factory.chan, self.clock,
+                                 self.publish)
+        self.confirms.select()
 
     async def _publish_kept(self) -> int:
         """Publish what was kept on the restored channel, in order (Jasmin's ``publish``

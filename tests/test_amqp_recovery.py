@@ -10,7 +10,9 @@ consumes again.
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 from typing import Any
 
 from jasmin.managers.content import DLR, SubmitSmContent
@@ -24,7 +26,7 @@ from twisted.internet.defer import DeferredQueue
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from jasmin_credits.amqp import declare_bound_queue
+from jasmin_credits.amqp import declare_bound_queue, declare_exchange
 from jasmin_credits.amqp_recovery import AmqpRecovery, persistent
 from jasmin_credits.devservices import RabbitMQServer
 
@@ -264,6 +266,97 @@ class AmqpRecoveryTests(TestCase):
         got = [(await incoming.get().addTimeout(30, reactor)).content.properties["message-id"]
                for _ in range(2)]
         self.assertEqual(got, ["unread", "in-hand"])
+
+
+class ConfirmTests(TestCase):
+    """Publisher confirms on jasmind's channel (:mod:`jasmin_credits.amqp_confirms`), against
+    a private broker: the SMSC's answers are kept until the broker has taken them."""
+
+    timeout = 300
+
+    async def _answers(self, arguments: dict[str, Any] | None = None,
+                       ) -> tuple[RabbitMQServer, AmqpFactory, AmqpRecovery, str]:
+        """A broker, Jasmin's factory with the recovery, and a durable queue of answers
+        (declared with ``arguments``) as settlement has one."""
+        server = await private_broker(self, "jc-confirms-rabbitmq-")
+        queue = "jc-confirms.submit_sm_resp"
+        made = {}
+
+        def install(factory: AmqpFactory) -> None:
+            made["recovery"] = AmqpRecovery(factory, {}, reactor,
+                                            event_queues=[(queue, ("dlr.submit_sm_resp",))])
+            made["recovery"].install()
+
+        factory = await jasmind_factory(self, server, install)
+        await factory.chan.queue_declare(queue=queue, durable=True, arguments=arguments or {})
+        await declare_exchange(factory.chan)
+        await factory.chan.queue_bind(queue=queue, exchange="messaging",
+                                      routing_key="dlr.submit_sm_resp")
+        return server, factory, made["recovery"], queue
+
+    def _answer(self, factory: AmqpFactory, msgid: str) -> None:
+        factory.publish(exchange="messaging", routing_key="dlr.submit_sm_resp",
+                        content=DLR(pdu_type=CommandId.submit_sm_resp, msgid=msgid,
+                                    status=CommandStatus.ESME_ROK,
+                                    smpp_msgid=b"smsc-" + msgid.encode()))
+
+    async def _received(self, server: RabbitMQServer, queue: str, count: int) -> list[str]:
+        incoming = await listen(self, settings_for(server), queue, lambda channel:
+                                channel.queue_declare(queue=queue, passive=True))
+        return [(await incoming.get().addTimeout(30, reactor)).content.properties["message-id"]
+                for _ in range(count)]
+
+    async def test_answers_are_kept_until_the_broker_confirms_them(self):
+        server, factory, recovery, queue = await self._answers()
+        confirms = recovery.confirms
+        self._publish_submit_sm(factory)
+        self._answer(factory, "a-1")
+        self._answer(factory, "a-2")
+        # (the broker's confirms cannot have come yet: this reactor turn has not ended)
+        self.assertEqual([args["content"].properties["message-id"]
+                          for args in confirms.pending.values()], ["a-1", "a-2"])
+        self.assertEqual(list(confirms.pending), [2, 3])  # numbered as the broker numbers
+        await eventually(lambda: not confirms.pending, what="the answers confirmed")
+        self.assertEqual(confirms.published, 3)
+        self.assertTrue(factory.connected)
+
+    def _publish_submit_sm(self, factory: AmqpFactory) -> None:
+        factory.publish(exchange="messaging", routing_key=f"submit.sm.{CID}",
+                        content=SubmitSmContent("alice", pickle.dumps(smpp_message(), 2),
+                                                f"submit.sm.resp.{CID}", msgid="m"))
+
+    async def test_an_answer_the_broker_never_took_is_published_again(self):
+        """The broker stops reading (SIGSTOP) and dies (SIGKILL) with an answer unread on
+        jasmind's connection: what happens to an answer published as the broker stops.
+        Jasmin alone loses it; it is published again once reconnected, and the answer the
+        broker had confirmed is not."""
+        server, factory, recovery, queue = await self._answers()
+        self._answer(factory, "taken")
+        await eventually(lambda: not recovery.confirms.pending, what="the first confirmed")
+        os.killpg(server.process.pid, signal.SIGSTOP)
+        self._answer(factory, "never-read")
+        self.assertEqual(len(recovery.confirms.pending), 1)
+        await deferToThread(server.kill)
+        await eventually(lambda: not factory.connected, what="jasmind's factory disconnected")
+        await deferToThread(server.stop)  # (our epmd too, so that start starts it again)
+        await deferToThread(server.start)
+        await eventually(lambda: recovery.restored == 1, timeout=60, what="restored")
+        self.assertEqual(recovery.kept, [])
+        await eventually(lambda: deferToThread(server.queue_messages).addCallback(
+            lambda counts: counts.get(queue) == 2), what="both answers queued")
+        self.assertEqual(await self._received(server, queue, 2), ["taken", "never-read"])
+
+    async def test_an_answer_the_broker_refuses_is_published_again(self):
+        """A full queue that rejects publications (``x-overflow: reject-publish``): the
+        broker answers ``basic.nack``, and the answer goes again until there is room."""
+        server, factory, recovery, queue = await self._answers(
+            {"x-max-length": 1, "x-overflow": "reject-publish"})
+        with self.assertLogs("jasmin-credits", "WARNING") as logs:
+            self._answer(factory, "first")
+            self._answer(factory, "refused")
+            await eventually(lambda: logs.output, what="the refusal logged")
+        self.assertIn("RabbitMQ refused 1 of Jasmin's answers", logs.output[0])
+        self.assertEqual(await self._received(server, queue, 2), ["first", "refused"])
 
 
 class PersistentTests(TestCase):
