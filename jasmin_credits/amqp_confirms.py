@@ -1,19 +1,21 @@
-"""Publisher confirms on jasmind's channel, so that an SMSC's answer the broker never took is
-published again.
+"""Publisher confirms on jasmind's channel, so that a message or an SMSC's answer the broker
+never took is published again.
 
 Jasmin publishes without confirms. What it writes to a connection the broker is closing (a
-restart under load) is lost without a trace: for an SMSC's answer (``dlr.submit_sm_resp``) or
-receipt (``dlr.deliver_sm``), its message was sent and is then settled by
-``unanswered_policy`` (refunded by default) instead of charged. In confirm mode the broker
-acknowledges each publication once it has taken it (routed it and, persistent into a durable
-queue such as settlement's, written it). :class:`Confirms` keeps each answer and receipt until
-then; :class:`~jasmin_credits.amqp_recovery.AmqpRecovery` publishes what is still unconfirmed
-when the connection was lost, once it is back, before anything new.
+restart under load) is lost without a trace: a message queued for its connector
+(``submit.sm.<cid>``) was told ``ESME_ROK`` and is never sent; for an SMSC's answer
+(``dlr.submit_sm_resp``) or receipt (``dlr.deliver_sm``), its message was sent and is then
+settled by ``unanswered_policy`` (refunded by default) instead of charged. In confirm mode the
+broker acknowledges each publication once it has taken it (routed it and, persistent into a
+durable queue, written it). :class:`Confirms` keeps each of those until then;
+:class:`~jasmin_credits.amqp_recovery.AmqpRecovery` publishes what is still unconfirmed when
+the connection was lost, once it is back, before anything new.
 
-So an answer reaches settlement at least once. One the broker did take, but whose confirm was
-lost with the connection, is published twice: settlement settles a message once (by its id);
-Jasmin's DLR lookup may then pass a receipt on twice, where Jasmin alone would have lost it.
-``submit.sm.<cid>`` is never published again: that would send a message twice.
+So they reach their queues at least once. One the broker did take, but whose confirm was lost
+with the connection, is published twice: settlement settles a message once (by its id); the
+connector may send that message twice, and Jasmin's DLR lookup pass a receipt on twice, where
+Jasmin alone would have lost them (at least once, as Jasmin already is when it requeues a
+message whose answer timed out).
 
 txAMQP's 0-9-1 spec has no ``confirm`` class and no ``basic.nack``: the selection is written as
 raw bytes, and the broker's ``basic.ack``/``basic.nack`` are taken from the protocol's frames
@@ -32,8 +34,14 @@ from twisted.internet.interfaces import IReactorTime
 
 log = logging.getLogger("jasmin-credits")
 
-REPUBLISHED = ("dlr.submit_sm_resp", "dlr.deliver_sm")
-"""Routing keys of the publications kept until confirmed (Jasmin's answers and receipts)."""
+REPUBLISHED = ("submit.sm.", "dlr.submit_sm_resp", "dlr.deliver_sm")
+"""Routing keys (starts) of the publications kept until confirmed: messages for connectors,
+the SMSCs' answers and receipts (not ``submit.sm.resp.<cid>``, see :func:`republished`)."""
+
+
+def republished(routing_key: str) -> bool:
+    """Whether a publication with ``routing_key`` is kept until confirmed."""
+    return routing_key.startswith(REPUBLISHED) and not routing_key.startswith("submit.sm.resp.")
 
 MAX_PENDING = 10_000
 """Unconfirmed publications kept; past that, later ones are not kept (and counted in the
@@ -93,7 +101,7 @@ class Confirms:
 
         def counting_publish(**args: Any) -> Any:
             self.published += 1
-            if args.get("routing_key", "").startswith(REPUBLISHED):
+            if republished(args.get("routing_key", "")):
                 if len(self.pending) < MAX_PENDING:
                     self.pending[self.published] = args
                 else:
@@ -114,7 +122,7 @@ class Confirms:
             one = pending.pop(tag, None)
             settled = [] if one is None else [one]
         if not ack and settled:
-            log.warning("RabbitMQ refused %d of Jasmin's answers or receipts (basic.nack): "
+            log.warning("RabbitMQ refused %d of Jasmin's publications (basic.nack): "
                         "publishing them again in %.0f s", len(settled), NACK_RETRY)
             self.clock.callLater(NACK_RETRY, self._republish, settled)
 
@@ -126,7 +134,7 @@ class Confirms:
         """The publications the broker has not confirmed, in order; forgets them (for a
         channel whose connection is gone)."""
         if self.not_kept:
-            log.warning("%d of Jasmin's answers or receipts were published unconfirmed and "
+            log.warning("%d of Jasmin's publications were unconfirmed and "
                         "not kept (at most %d are)", self.not_kept, MAX_PENDING)
             self.not_kept = 0
         publications = list(self.pending.values())
@@ -134,4 +142,4 @@ class Confirms:
         return publications
 
 
-__all__ = ["Confirms", "REPUBLISHED", "select_frame"]
+__all__ = ["Confirms", "REPUBLISHED", "republished", "select_frame"]

@@ -35,8 +35,8 @@ factory says it is connected again (at most :data:`MAX_KEPT`): the SMSC's answer
 (``dlr.submit_sm_resp``) and receipts for messages jasmind still had in hand, MO messages.
 Jasmin alone logs and drops them; an answer dropped that way leaves its message sent and
 settled by ``unanswered_policy`` (a refund by default) instead of charged. (New messages are
-not published while disconnected: Jasmin refuses them first.) Answers and receipts published
-on the lost connection that the broker had not confirmed go first
+not published while disconnected: Jasmin refuses them first.) Messages, answers and receipts
+published on the lost connection that the broker had not confirmed go first
 (:mod:`jasmin_credits.amqp_confirms`).
 
 Messages delivered on the old connection may still be in jasmind's hands (waiting for the
@@ -52,6 +52,7 @@ an SMSC's answer before it publishes it, and would otherwise drop the answer.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -73,6 +74,10 @@ connection is closed, and jasmind's factory reconnects and restores again."""
 FIRST_PROBE_CHANNEL = 1000
 """Channel ids for passive declarations (one each: a missing queue closes its channel), far
 from jasmind's channel 1 and the marker route's ids from 2."""
+
+PROBE_CHANNELS = (1100, 2000)
+"""Channel ids (a range, used in turn) for finding out whether a connector's queue can be
+declared durable; below RabbitMQ's default ``channel_max`` (2047)."""
 
 EventQueues = Sequence[tuple[str, Iterable[str]]]
 """Settlement's queues and the routing keys each is bound to on ``messaging``."""
@@ -128,6 +133,9 @@ class AmqpRecovery:
         self.dropped = 0
         self.confirms: Confirms | None = None
         """Publisher confirms on the current channel (:mod:`jasmin_credits.amqp_confirms`)."""
+        self._restoring: set[Any] = set()
+        """The connections (txAMQP clients) a restoration is declaring on."""
+        self._probe_channels = itertools.cycle(range(*PROBE_CHANNELS))
 
     def install(self) -> None:
         """Take over the factory's channel-open callback and stamp its deliveries.
@@ -145,6 +153,7 @@ class AmqpRecovery:
             return None
 
         factory._channel_open = channel_open
+        factory.named_queue_declare = self._named_queue_declare
         # (before our runtime's wrappers of ``publish``, which then see every call at once)
         factory.publish = self.publish = self._keeping(factory.publish)
         delegate = factory.delegate
@@ -168,6 +177,50 @@ class AmqpRecovery:
             return None  # (what Jasmin's publish answers when not connected)
 
         return keeping_publish
+
+    def _named_queue_declare(self, *args: Any, **keys: Any) -> Deferred | None:
+        """Jasmin's ``AmqpFactory.named_queue_declare`` (once per queue and connection,
+        refused while not connected), also while a restoration declares, and declaring the
+        connectors' queues durable (:meth:`_declare_connector_queue`)."""
+        factory, queue = self.factory, keys["queue"]
+        if not factory.connected and factory.client not in self._restoring:
+            factory.log.error("AMQP Client is not connected, cannot queue_declare")
+            return None
+        if queue in factory.queues:
+            return None
+        if is_connector_queue(queue) and not args and keys.keys() == {"queue"}:
+            return Deferred.fromCoroutine(self._declare_connector_queue(queue))
+        return factory.chan.queue_declare(*args, **keys).addCallback(factory._queue_declared)
+
+    async def _declare_connector_queue(self, queue: str) -> Any:
+        """``submit.sm.<cid>`` declared durable, so that the messages jasmind accepted and
+        queued for its connector (``delivery-mode`` 2: :func:`persistent`) survive a broker
+        restart; Jasmin declares it transient, and a restart lost them all, told
+        ``ESME_ROK`` and never sent.
+
+        A transient queue of that name already there (declared before this version, and kept
+        until the broker restarts or the connector is removed) stays as it is: declaring it
+        durable would make the broker close jasmind's channel. A channel of its own finds
+        out first."""
+        factory = self.factory
+        client = factory.client
+        number = next(self._probe_channels)
+        channel = await client.channel(number)
+        try:
+            await channel.channel_open()
+            await channel.queue_declare(queue=queue, durable=True)
+            await channel.channel_close()
+            durable = True
+        except Closed:  # (a transient one exists: the broker closed this channel)
+            log.warning("RabbitMQ queue %s is transient (declared before jasmin-credits made "
+                        "it durable): what it holds is lost if the broker restarts, until it "
+                        "is declared again after one", queue)
+            durable = False
+        finally:  # (txAMQP keeps a channel by its number: the next probe opens a new one)
+            client.channels.pop(number, None)
+        declared = await factory.chan.queue_declare(queue=queue, durable=durable)
+        factory._queue_declared(declared)
+        return declared
 
     def _confirm(self) -> None:
         """Confirm mode on the factory's new channel, before anything is published on it;
@@ -221,17 +274,15 @@ class AmqpRecovery:
         ``basic_qos`` applies to consumers created after it on the channel)."""
         factory = self.factory
         # Jasmin's components declare through ``named_queue_declare``, which refuses while
-        # not connected: the same declaration, without that check, until restored.
-        declaring = functools.partial(_named_queue_declare, factory)
-        factory.named_queue_declare = declaring
+        # not connected: ours (:meth:`_named_queue_declare`) lets this restoration declare.
+        self._restoring.add(client)
         try:
             names = await self._components(client)
             kept = await self._publish_kept()
             if kept:
                 names.append(f"{kept} publications kept while disconnected, published")
-        finally:  # (unless a newer restoration, on a newer connection, put its own)
-            if factory.__dict__.get("named_queue_declare") is declaring:
-                del factory.named_queue_declare
+        finally:
+            self._restoring.discard(client)
         if client is factory.client:
             factory.connected = True
         return names
@@ -288,7 +339,7 @@ class AmqpRecovery:
         factory, chan = self.factory, self.factory.chan
         queue = f"submit.sm.{connector['id']}"
         await declare_exchange(chan)
-        await _maybe(factory.named_queue_declare(queue=queue))
+        await _maybe(self._named_queue_declare(queue=queue))
         await chan.queue_bind(queue=queue, exchange=EXCHANGE, routing_key=queue)
         tag = connector.get("consumer_tag")
         if tag is None:  # stopped: messages wait in the queue, as after connector_add
@@ -306,6 +357,12 @@ SETTLED_EVENTS = ("submit.sm.", "dlr.submit_sm_resp", "dlr.deliver_sm")
 """Routing keys (starts) of what settlement reads from its durable queues."""
 
 
+def is_connector_queue(name: str) -> bool:
+    """Whether ``name`` is a connector's queue, ``submit.sm.<cid>`` (not Jasmin's
+    ``submit.sm.resp.<cid>``)."""
+    return name.startswith("submit.sm.") and not name.startswith("submit.sm.resp.")
+
+
 def persistent(args: dict[str, Any]) -> None:
     """Mark a publication settlement reads (``submit.sm.<cid>``, ``dlr.*``) persistent.
 
@@ -319,13 +376,6 @@ def persistent(args: dict[str, Any]) -> None:
         properties = getattr(content, "properties", None)
         if properties is not None:
             properties["delivery-mode"] = 2
-
-
-def _named_queue_declare(factory: Any, *args: Any, **keys: Any) -> Deferred | None:
-    """Jasmin's ``AmqpFactory.named_queue_declare`` without its ``connected`` check."""
-    if keys["queue"] in factory.queues:
-        return None
-    return factory.chan.queue_declare(*args, **keys).addCallback(factory._queue_declared)
 
 
 def _stamping(deliver: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

@@ -149,6 +149,7 @@ class AmqpRecoveryTests(TestCase):
         listener.keep = True  # waiting for an SMSC that answers after the restart
         self._publish(factory, "in-flight")
         in_flight = await listener.received.get().addTimeout(30, reactor)
+        listener.keep = False  # (what comes next is acknowledged at once)
 
         await self._restart(server, recovery, factory)
         with self.assertLogs("jasmin-credits", "INFO") as logs:
@@ -156,13 +157,52 @@ class AmqpRecoveryTests(TestCase):
         self.assertIn("not acknowledging a message delivered before the reconnection",
                       logs.output[0])
 
-        listener.keep = False
         for msgid in ("after-1", "after-2"):
             self._publish(factory, msgid)
         got = [(await listener.received.get().addTimeout(30, reactor))
-               .content.properties["message-id"] for _ in range(2)]
-        self.assertEqual(got, ["after-1", "after-2"])
+               for _ in range(3)]
+        # The connector's queue is durable: the broker kept the unacknowledged message and
+        # gives it again (at least once, as Jasmin requeues a message whose answer timed out)
+        self.assertEqual([m.content.properties["message-id"] for m in got],
+                         ["in-flight", "after-1", "after-2"])
+        self.assertEqual([m.redelivered for m in got], [True, False, False])
         self.assertTrue(factory.connected)
+
+    async def test_messages_queued_for_a_connector_survive_a_broker_restart(self):
+        """Jasmin declares ``submit.sm.<cid>`` transient: a restart lost every message
+        jasmind had accepted (``ESME_ROK``) and not yet sent. Declared durable, with the
+        messages persistent, they are sent once the broker is back."""
+        server = await self._broker()
+        factory, recovery, listener = await self._jasmind(server)
+        for msgid in ("queued-1", "queued-2"):  # (for the stopped connector: they wait)
+            factory.publish(exchange="messaging", routing_key="submit.sm.idle",
+                            content=SubmitSmContent("alice", pickle.dumps(smpp_message(), 2),
+                                                    "submit.sm.resp.idle", msgid=msgid))
+        await eventually(lambda: deferToThread(server.queue_messages).addCallback(
+            lambda counts: counts.get("submit.sm.idle") == 2), what="both queued")
+        await eventually(lambda: not recovery.confirms.pending and
+                         recovery.confirms.published == 2, what="taken by the broker")
+
+        await self._restart(server, recovery, factory)
+
+        counts = await deferToThread(server.queue_messages)
+        self.assertEqual(counts.get("submit.sm.idle"), 2)
+        bindings = await deferToThread(server.bindings)
+        self.assertIn(("messaging", "submit.sm.idle", "submit.sm.idle"), bindings)
+
+    async def test_a_transient_connector_queue_from_before_stays_transient(self):
+        """A queue Jasmin declared transient before (kept until the broker restarts):
+        declaring it durable would make the broker close jasmind's only channel."""
+        server = await self._broker()
+        factory, recovery, listener = await self._jasmind(server)
+        await factory.chan.queue_declare(queue="submit.sm.old")  # (as Jasmin alone did)
+        with self.assertLogs("jasmin-credits", "WARNING") as logs:
+            await factory.named_queue_declare(queue="submit.sm.old")
+        self.assertIn("RabbitMQ queue submit.sm.old is transient", logs.output[0])
+        self.assertIn("submit.sm.old", factory.queues)
+        self._publish(factory, "still-connected")  # (jasmind's channel is still open)
+        got = await listener.received.get().addTimeout(30, reactor)
+        self.assertEqual(got.content.properties["message-id"], "still-connected")
 
     async def test_settlements_queues_are_bound_again_before_jasmind_publishes(self):
         """Jasmin's ``messaging`` is not durable: the restart took settlement's bindings.
@@ -313,11 +353,14 @@ class ConfirmTests(TestCase):
         self._answer(factory, "a-1")
         self._answer(factory, "a-2")
         # (the broker's confirms cannot have come yet: this reactor turn has not ended)
+        factory.publish(exchange="messaging", routing_key=f"submit.sm.resp.{CID}",
+                        content=SubmitSmContent("alice", b"resp", f"submit.sm.resp.{CID}",
+                                                msgid="r"))  # (not kept)
         self.assertEqual([args["content"].properties["message-id"]
-                          for args in confirms.pending.values()], ["a-1", "a-2"])
-        self.assertEqual(list(confirms.pending), [2, 3])  # numbered as the broker numbers
-        await eventually(lambda: not confirms.pending, what="the answers confirmed")
-        self.assertEqual(confirms.published, 3)
+                          for args in confirms.pending.values()], ["m", "a-1", "a-2"])
+        self.assertEqual(list(confirms.pending), [1, 2, 3])  # numbered as the broker does
+        await eventually(lambda: not confirms.pending, what="all confirmed")
+        self.assertEqual(confirms.published, 4)
         self.assertTrue(factory.connected)
 
     def _publish_submit_sm(self, factory: AmqpFactory) -> None:
@@ -355,7 +398,7 @@ class ConfirmTests(TestCase):
             self._answer(factory, "first")
             self._answer(factory, "refused")
             await eventually(lambda: logs.output, what="the refusal logged")
-        self.assertIn("RabbitMQ refused 1 of Jasmin's answers", logs.output[0])
+        self.assertIn("RabbitMQ refused 1 of Jasmin's publications", logs.output[0])
         self.assertEqual(await self._received(server, queue, 2), ["first", "refused"])
 
 
