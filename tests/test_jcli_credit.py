@@ -35,6 +35,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>78cDEHMZ]
 _TELNET = re.compile(rb"\xff[\xfb-\xfe].|\xff\xfa.*?\xff\xf0", re.S)
 
 PROMPT = "jcli : "
+NO_WALLET = ("Error: {uid} has no wallet, nothing changed: create it first with"
+             " credit -t {uid} <amount>")
 
 
 class FakeRouter:
@@ -232,6 +234,17 @@ class CreditTopUpTests(JCliTestCase):
         self.assertEqual(entries[0].fields["reason"], "refund of test traffic")
         self.assertEqual(self.runtime.cut, ["alice"])  # this gateway's leases end at once
 
+    async def test_negative_top_up_never_creates_a_wallet(self):
+        """credit -t carol -25 on a user without a wallet is refused and creates nothing."""
+        s = await self.session()
+        out = await s.run("credit -t carol -25 typo")
+        self.assertEqual(lines_of(out), [NO_WALLET.format(uid="carol")])
+        self.assertTrue(out.endswith(PROMPT))
+        self.assertEqual(await self.store.wallets(), [])
+        self.assertEqual((await self.store.log("carol"))[0], [])
+        self.assertEqual((await self.store.events("carol"))[0], [])
+        self.assertIn("balance 5.00", await s.run("credit -t carol 5"))  # + still creates
+
     async def test_each_top_up_is_a_new_operation(self):
         """The same command twice adds twice: every command has its own op id."""
         s = await self.session()
@@ -399,6 +412,7 @@ class CreditSessionTests(JCliTestCase):
     async def test_update_session_ok_applies_everything(self):
         """credit -u: key/value lines, bad lines answer and continue, ok applies all at once."""
         s = await self.session()
+        await s.run("credit -t alice 1")
         out = await s.run("credit -u alice")
         self.assertIn("Updating credit settings of alice: (ok: save, ko: exit)", out)
         self.assertTrue(out.endswith("> "))
@@ -409,7 +423,7 @@ class CreditSessionTests(JCliTestCase):
         self.assertIn("Error: daily", await s.run("daily ten"))
         self.assertIn("whole number", await s.run("daily_messages 1.5"))
         self.assertIn("Exit session before quitting", await s.run("quit"))
-        self.assertIsNone(await self.store.wallet("alice"))
+        self.assertIsNone((await self.store.wallet("alice")).usage[0].credit_limit)
         self.assertEqual(self.runtime.cut, [])
         out = await s.run("ok")
         self.assertEqual(self.runtime.cut, ["alice"])  # the new limits: leases end
@@ -422,8 +436,8 @@ class CreditSessionTests(JCliTestCase):
         self.assertEqual(wallet.usage[2].msg_limit, 1000)
         self.assertEqual((wallet.overdraft, wallet.low_balance), (50_000, 25_000))
         events, _ = await self.store.events("alice")
-        # One settings event; the wallet starts at 0, below the new threshold.
-        self.assertEqual([e.type for e in events], ["low_balance", "settings"])
+        # One settings event; the balance, 1, is below the new threshold.
+        self.assertEqual([e.type for e in events], ["low_balance", "settings", "topup"])
 
     async def test_update_none_clears(self):
         """'daily none' clears the daily limit."""
@@ -438,17 +452,19 @@ class CreditSessionTests(JCliTestCase):
     async def test_update_session_ko_cancels(self):
         """ko leaves the session, restores the prompt and changes nothing."""
         s = await self.session()
+        await s.run("credit -t alice 1")
         await s.run("credit -u alice")
         await s.run("daily 100")
         out = await s.run("ko")
         self.assertTrue(out.endswith(PROMPT))
-        self.assertIsNone(await self.store.wallet("alice"))
-        self.assertEqual(lines_of(await s.run("credit -l")), ["Total wallets: 0"])
+        self.assertIsNone((await self.store.wallet("alice")).usage[0].credit_limit)
+        self.assertEqual([e.type for e in (await self.store.events("alice"))[0]], ["topup"])
 
     async def test_update_nothing_to_save_and_unknown_user(self):
         """ok without changes says so and stays in the session; -u refuses unknown users."""
         s = await self.session()
         self.assertEqual(lines_of(await s.run("credit -u zed")), ["Unknown User: zed"])
+        await s.run("credit -t alice 1")
         await s.run("credit -u alice")
         out = await s.run("ok")
         self.assertIn("Nothing to save", out)
@@ -458,12 +474,37 @@ class CreditSessionTests(JCliTestCase):
     async def test_update_store_down_keeps_session(self):
         """ok with Redis down answers one line and keeps the session for ok or ko."""
         s = await self.session()
+        await s.run("credit -t alice 1")
         await s.run("credit -u alice")
         await s.run("daily 1")
         self.runtime.store = CreditStore(DownRedis(), clock=reactor, reactor=reactor)
         out = await s.run("ok")
         self.assertIn("credit store unavailable", out)
         self.assertTrue(out.endswith("> "))
+        self.assertTrue((await s.run("ko")).endswith(PROMPT))
+
+    async def test_update_refused_without_wallet(self):
+        """credit -u on a Jasmin user without a wallet opens no session and creates no
+        wallet: a cap must not start billing (and refusing) a user who passed uncharged."""
+        s = await self.session()
+        out = await s.run("credit -u carol")
+        self.assertEqual(lines_of(out), [NO_WALLET.format(uid="carol")])
+        self.assertTrue(out.endswith(PROMPT))  # no session: the next line is a command
+        self.assertIn("Incorrect command: daily 5", await s.run("daily 5"))
+        self.assertEqual(await self.store.wallets(), [])
+        self.assertEqual((await self.store.events("carol"))[0], [])
+
+    async def test_update_refused_when_wallet_removed_meanwhile(self):
+        """ok after the wallet was removed by someone else: refused, no wallet re-created."""
+        s = await self.session()
+        await s.run("credit -t alice 1")
+        await s.run("credit -u alice")
+        await s.run("daily 5")
+        await self.store.remove("alice", "other")
+        out = await s.run("ok")
+        self.assertEqual(lines_of(out), [NO_WALLET.format(uid="alice")])
+        self.assertIsNone(await self.store.wallet("alice"))
+        self.assertEqual(await self.store.wallets(), [])
         self.assertTrue((await s.run("ko")).endswith(PROMPT))
 
 

@@ -189,9 +189,14 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
         self.answer(lambda: self._top_up(uid, units, reason, actor))
 
     async def _top_up(self, uid: str, units: int, reason: str, actor: str) -> str:
-        balance, _ = await self.runtime.store.top_up(
-            uid, units, op_id=f"jcli-{uuid.uuid4().hex}", actor=actor, reason=reason,
-            kind="topup" if units > 0 else "adjust")
+        # Only adding credit creates a wallet: a subtraction (often a typo or a correction)
+        # must not start billing a user who had none, at a negative balance.
+        try:
+            balance, _ = await self.runtime.store.top_up(
+                uid, units, op_id=f"jcli-{uuid.uuid4().hex}", actor=actor, reason=reason,
+                kind="topup" if units > 0 else "adjust", create=units > 0)
+        except UnknownWallet:
+            raise self.no_wallet(uid) from None
         if units < 0:
             self.runtime.wallet_cut(uid)  # no message more on credit leased before
         if units > 0:
@@ -223,6 +228,11 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
     def update(self, arg: str, opts: Any) -> None:
         uid = opts.update
         self.require_user(uid)
+        self.answer(lambda: self._start_update(uid))
+
+    async def _start_update(self, uid: str) -> None:
+        """Open the ``credit -u`` session, only on an existing wallet (see ``no_wallet``)."""
+        await self.require_wallet(uid)
         for line in SESSION_HELP:
             self.protocol.sendData(line, prompt=False)
         self.saving = False
@@ -272,7 +282,10 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
 
         async def save() -> None:
             try:
-                await self.runtime.store.configure(uid, settings)
+                # create=False: the wallet may have been removed since the session began.
+                await self.runtime.store.configure(uid, settings, create=False)
+            except UnknownWallet:
+                raise self.no_wallet(uid) from None
             finally:
                 self.saving = False
             self.runtime.wallet_cut(uid)  # new limits apply to the next message

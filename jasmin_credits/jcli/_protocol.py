@@ -25,7 +25,7 @@ Examples:
   credit -l                           list wallets
   credit -s alice                     alice's wallet, limits, usage, card
   credit -t alice 100 first payment   add 100 credits (creates the wallet)
-  credit -t alice -25 refund of test  subtract 25 credits
+  credit -t alice -25 refund of test  subtract 25 credits (never creates a wallet)
   credit -u alice                     set limits, then ok (ko cancels)
   credit --log alice --since 2026-11-01 --type charge,refund --page 2
   credit --log alice --csv /tmp/alice-log.csv
@@ -121,14 +121,15 @@ class CreditsJCliProtocol(JCliProtocol):
                          " card"),
         make_option("-t", "--top-up", dest="top_up", type="string", nargs=2,
                     metavar="UID AMOUNT",
-                    help="Add AMOUNT credits (negative subtracts) to UID's wallet, creating"
-                         " it; the rest of the line is the reason"),
+                    help="Add AMOUNT credits (negative subtracts) to UID's wallet; a positive"
+                         " AMOUNT creates a missing wallet; the rest of the line is the"
+                         " reason"),
         make_option("-u", "--update", type="string", metavar="UID",
-                    help="Set limits, overdraft and low-balance threshold in an interactive"
-                         " session (ok: save, ko: exit)"),
+                    help="Set the limits, overdraft and low-balance threshold of UID's"
+                         " existing wallet in an interactive session (ok: save, ko: exit)"),
         make_option("--plan", type="string", metavar="UID",
-                    help="Set UID's automatic top-up plan (scheduled and/or threshold) in an"
-                         " interactive session (ok: save, ko: exit)"),
+                    help="Set the automatic top-up plan (scheduled and/or threshold) of UID's"
+                         " existing wallet in an interactive session (ok: save, ko: exit)"),
         make_option("-r", "--remove", type="string", metavar="UID",
                     help="Remove UID's wallet (its logs are kept)"),
         make_option("--log", type="string", metavar="UID",
