@@ -287,6 +287,43 @@ class CreditTopUpTests(JCliTestCase):
             self.assertTrue(out.endswith(PROMPT), (line, out))
         self.assertEqual(await self.store.wallets(), [])
 
+    async def test_conflicting_and_stray_options_are_refused(self):
+        """Two actions, an option the action does not take, or words after a command
+        that reads none: one line naming them, and nothing changes."""
+        s = await self.session()
+        await s.run("credit -t alice 10")
+        before = (await self.store.wallet("alice"), await self.store.log("alice"),
+                  await self.store.events("alice"))
+        usage = "; type 'help credit' for usage"
+        for line, expected in (
+            ("credit -s alice -t alice 5", "-s/--show and -t/--top-up cannot be used together"),
+            ("credit -t alice 1 --log alice",
+             "-t/--top-up and --log cannot be used together"),
+            ("credit -s alice --page 2", "-s/--show does not take --page"),
+            ("credit -t alice 1 --page 2", "-t/--top-up does not take --page"),
+            ("credit -r alice --since 2026-01-01", "-r/--remove does not take --since"),
+            ("credit -l --csv /tmp/x.csv", "-l/--list does not take --csv"),
+            ("credit -s alice bob", "-s/--show takes nothing more, got 'bob'"),
+            ("credit -r alice now", "-r/--remove takes nothing more, got 'now'"),
+            ("credit -u alice x", "-u/--update takes nothing more, got 'x'"),
+        ):
+            out = await s.run(line)
+            self.assertEqual(lines_of(out), [f"Error: credit: {expected}{usage}"], line)
+            self.assertTrue(out.endswith(PROMPT), line)
+        path = self.temp_path()
+        self.assertEqual(lines_of(await s.run(f"credit --log alice --csv {path} --page 2")),
+                         ["Error: --csv writes every matching entry: use it without --page"
+                          " or --before"])
+        self.assertFalse(path.exists())
+        after = (await self.store.wallet("alice"), await self.store.log("alice"),
+                 await self.store.events("alice"))
+        self.assertEqual(after, before)
+        # What each action does accept still works.
+        self.assertIn("Successfully added 1.00 credits to alice", await s.run(
+            "credit -t alice 1 moved --log alice here"))
+        self.assertIn("End of the credit log",
+                      await s.run("credit --log alice --since 2026-01-01 --type topup"))
+
     async def test_store_unavailable_is_one_line(self):
         """With Redis gone every command answers 'credit store unavailable' and no traceback."""
         s = await self.session()

@@ -155,6 +155,23 @@ class PriceReloadAssignTests(JCliTestCase):
         self.assertEqual(self.runtime.card_assignments(),
                          {"user": {}, "group": {"vip": "gold"}})
 
+    async def test_conflicting_and_stray_options_are_refused(self):
+        """price: two actions or an option the action does not take answer one line."""
+        s = await self.session()
+        usage = "; type 'help price' for usage"
+        for line, expected in (
+            ("price -l -s world", "-l/--list and -s/--show cannot be used together"),
+            ("price -l --page 2", "-l/--list does not take --page"),
+            ("price -s world --user alice", "-s/--show does not take --user"),
+            ("price -a gold --user alice --page 2", "-a/--assign does not take --page"),
+            ("price --reload now", "--reload takes nothing more, got 'now'"),
+        ):
+            out = await s.run(line)
+            self.assertEqual(lines_of(out), [f"Error: price: {expected}{usage}"], line)
+        self.assertEqual(self.runtime.card_assignments(),
+                         {"user": {}, "group": {"vip": "gold"}})
+        self.assertEqual(self.runtime.reloads, 0)
+
     async def test_help_price(self):
         """help price explains every option."""
         s = await self.session()

@@ -330,6 +330,9 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
                     f" types: {', '.join(sorted(LOG_TYPES))}")
         if opts.page is not None and opts.before is not None:
             raise CommandError("Error: use --page or --before, not both")
+        if opts.csv and (opts.page is not None or opts.before is not None):
+            raise CommandError("Error: --csv writes every matching entry: use it without"
+                               " --page or --before")
         page = page_number(opts.page)
         if opts.before is not None and not _CURSOR.match(opts.before):
             raise CommandError(
