@@ -635,6 +635,20 @@ class CreditLogTests(JCliTestCase):
         self.assertEqual(lines_of(await s.run("credit --log carol")),
                          ["No credit log entries for carol"])
 
+    async def test_log_of_unknown_user(self):
+        """--log/--events of a uid Jasmin does not know and without entries: Unknown User,
+        no CSV written; a deleted Jasmin user's entries stay readable."""
+        s = await self.session()
+        path = self.temp_path()
+        for line in ("credit --log zed", "credit --events zed", "credit --log zed --page 2",
+                     f"credit --log zed --csv {path}"):
+            self.assertEqual(lines_of(await s.run(line)), ["Unknown User: zed"], line)
+        self.assertFalse(path.exists())
+        await s.run("credit -t alice 3 gone soon")
+        del s.router.users["alice"]
+        self.assertIn("gone soon", await s.run("credit --log alice"))
+        self.assertIn("topup", await s.run("credit --events alice"))
+
 
 class CreditConsoleTests(JCliTestCase):
     async def test_help_and_completion(self):

@@ -131,6 +131,18 @@ class PriceReloadAssignTests(JCliTestCase):
         self.assertEqual(out, ["Successfully removed the rate card assignment of user alice"])
         self.assertEqual(self.runtime.card_assignments()["user"], {})
 
+    async def test_unassign_when_nothing_assigned(self):
+        """-a none on a user or group without an assignment says nothing was assigned."""
+        s = await self.session()
+        self.assertEqual(lines_of(await s.run("price -a none --user alice")),
+                         ["Nothing to remove: no rate card is assigned to user alice"])
+        self.assertEqual(lines_of(await s.run("price -a none --group customers")),
+                         ["Nothing to remove: no rate card is assigned to group customers"])
+        self.assertEqual(self.runtime.card_assignments(),
+                         {"user": {}, "group": {"vip": "gold"}})
+        self.assertEqual(lines_of(await s.run("price -a none --group vip")),
+                         ["Successfully removed the rate card assignment of group vip"])
+
     async def test_assign_group(self):
         """price -a CARD --group assigns the card to a Jasmin group."""
         s = await self.session()

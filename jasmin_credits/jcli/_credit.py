@@ -338,17 +338,28 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
             raise CommandError(
                 f"Error: --before needs a cursor such as 1763456789012-0, got '{opts.before}'")
         query = {"since_ms": since, "until_ms": until, "types": types}
+        known = self.jasmin_user(uid) is not None
         if opts.csv:
-            self.answer(lambda: self._csv(which, uid, query, opts.csv))
+            self.answer(lambda: self._csv(which, uid, query, opts.csv, known))
         else:
-            self.answer(lambda: self._page(which, uid, query, page, opts.before))
+            self.answer(lambda: self._page(which, uid, query, page, opts.before, known))
+
+    async def _check_known(self, which: str, uid: str, known: bool) -> None:
+        """Refuse a uid Jasmin does not know and that has no entries at all.
+
+        The logs outlive the wallet and the Jasmin user (billing needs them), so a uid
+        unknown to Jasmin is read as long as it has entries.
+        """
+        if not known and not (await self._reader(which)(uid, count=1))[0]:
+            raise CommandError(f"Unknown User: {uid}")
 
     def _reader(self, which: str) -> Any:
         store = self.runtime.store
         return store.log if which == "log" else store.events
 
     async def _page(self, which: str, uid: str, query: dict[str, Any], page: int,
-                    before: str | None) -> list[str]:
+                    before: str | None, known: bool) -> list[str]:
+        await self._check_known(which, uid, known)
         read = self._reader(which)
         if before is not None:
             entries, _ = await read(uid, count=PAGE_SIZE + 1, before=before, **query)
@@ -405,7 +416,9 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
             parts.append(f"{key}={one_line(value)}")
         return " ".join(parts) or "-"
 
-    async def _csv(self, which: str, uid: str, query: dict[str, Any], path: str) -> str:
+    async def _csv(self, which: str, uid: str, query: dict[str, Any], path: str,
+                   known: bool) -> str:
+        await self._check_known(which, uid, known)
         read = self._reader(which)
         entries: list[LogEntry] = []
         before = None
