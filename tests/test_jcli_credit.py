@@ -35,6 +35,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1b[=>78cDEHMZ]
 _TELNET = re.compile(rb"\xff[\xfb-\xfe].|\xff\xfa.*?\xff\xf0", re.S)
 
 PROMPT = "jcli : "
+NO_WALLET = ("Error: {uid} has no wallet, nothing changed: create it first with"
+             " credit -t {uid} <amount>")
 
 
 class FakeRouter:
@@ -232,6 +234,17 @@ class CreditTopUpTests(JCliTestCase):
         self.assertEqual(entries[0].fields["reason"], "refund of test traffic")
         self.assertEqual(self.runtime.cut, ["alice"])  # this gateway's leases end at once
 
+    async def test_negative_top_up_never_creates_a_wallet(self):
+        """credit -t carol -25 on a user without a wallet is refused and creates nothing."""
+        s = await self.session()
+        out = await s.run("credit -t carol -25 typo")
+        self.assertEqual(lines_of(out), [NO_WALLET.format(uid="carol")])
+        self.assertTrue(out.endswith(PROMPT))
+        self.assertEqual(await self.store.wallets(), [])
+        self.assertEqual((await self.store.log("carol"))[0], [])
+        self.assertEqual((await self.store.events("carol"))[0], [])
+        self.assertIn("balance 5.00", await s.run("credit -t carol 5"))  # + still creates
+
     async def test_each_top_up_is_a_new_operation(self):
         """The same command twice adds twice: every command has its own op id."""
         s = await self.session()
@@ -273,6 +286,43 @@ class CreditTopUpTests(JCliTestCase):
             self.assertEqual(len(lines_of(out)), 1, (line, out))
             self.assertTrue(out.endswith(PROMPT), (line, out))
         self.assertEqual(await self.store.wallets(), [])
+
+    async def test_conflicting_and_stray_options_are_refused(self):
+        """Two actions, an option the action does not take, or words after a command
+        that reads none: one line naming them, and nothing changes."""
+        s = await self.session()
+        await s.run("credit -t alice 10")
+        before = (await self.store.wallet("alice"), await self.store.log("alice"),
+                  await self.store.events("alice"))
+        usage = "; type 'help credit' for usage"
+        for line, expected in (
+            ("credit -s alice -t alice 5", "-s/--show and -t/--top-up cannot be used together"),
+            ("credit -t alice 1 --log alice",
+             "-t/--top-up and --log cannot be used together"),
+            ("credit -s alice --page 2", "-s/--show does not take --page"),
+            ("credit -t alice 1 --page 2", "-t/--top-up does not take --page"),
+            ("credit -r alice --since 2026-01-01", "-r/--remove does not take --since"),
+            ("credit -l --csv /tmp/x.csv", "-l/--list does not take --csv"),
+            ("credit -s alice bob", "-s/--show takes nothing more, got 'bob'"),
+            ("credit -r alice now", "-r/--remove takes nothing more, got 'now'"),
+            ("credit -u alice x", "-u/--update takes nothing more, got 'x'"),
+        ):
+            out = await s.run(line)
+            self.assertEqual(lines_of(out), [f"Error: credit: {expected}{usage}"], line)
+            self.assertTrue(out.endswith(PROMPT), line)
+        path = self.temp_path()
+        self.assertEqual(lines_of(await s.run(f"credit --log alice --csv {path} --page 2")),
+                         ["Error: --csv writes every matching entry: use it without --page"
+                          " or --before"])
+        self.assertFalse(path.exists())
+        after = (await self.store.wallet("alice"), await self.store.log("alice"),
+                 await self.store.events("alice"))
+        self.assertEqual(after, before)
+        # What each action does accept still works.
+        self.assertIn("Successfully added 1.00 credits to alice", await s.run(
+            "credit -t alice 1 moved --log alice here"))
+        self.assertIn("End of the credit log",
+                      await s.run("credit --log alice --since 2026-01-01 --type topup"))
 
     async def test_store_unavailable_is_one_line(self):
         """With Redis gone every command answers 'credit store unavailable' and no traceback."""
@@ -399,6 +449,7 @@ class CreditSessionTests(JCliTestCase):
     async def test_update_session_ok_applies_everything(self):
         """credit -u: key/value lines, bad lines answer and continue, ok applies all at once."""
         s = await self.session()
+        await s.run("credit -t alice 1")
         out = await s.run("credit -u alice")
         self.assertIn("Updating credit settings of alice: (ok: save, ko: exit)", out)
         self.assertTrue(out.endswith("> "))
@@ -409,7 +460,7 @@ class CreditSessionTests(JCliTestCase):
         self.assertIn("Error: daily", await s.run("daily ten"))
         self.assertIn("whole number", await s.run("daily_messages 1.5"))
         self.assertIn("Exit session before quitting", await s.run("quit"))
-        self.assertIsNone(await self.store.wallet("alice"))
+        self.assertIsNone((await self.store.wallet("alice")).usage[0].credit_limit)
         self.assertEqual(self.runtime.cut, [])
         out = await s.run("ok")
         self.assertEqual(self.runtime.cut, ["alice"])  # the new limits: leases end
@@ -422,8 +473,8 @@ class CreditSessionTests(JCliTestCase):
         self.assertEqual(wallet.usage[2].msg_limit, 1000)
         self.assertEqual((wallet.overdraft, wallet.low_balance), (50_000, 25_000))
         events, _ = await self.store.events("alice")
-        # One settings event; the wallet starts at 0, below the new threshold.
-        self.assertEqual([e.type for e in events], ["low_balance", "settings"])
+        # One settings event; the balance, 1, is below the new threshold.
+        self.assertEqual([e.type for e in events], ["low_balance", "settings", "topup"])
 
     async def test_update_none_clears(self):
         """'daily none' clears the daily limit."""
@@ -438,17 +489,19 @@ class CreditSessionTests(JCliTestCase):
     async def test_update_session_ko_cancels(self):
         """ko leaves the session, restores the prompt and changes nothing."""
         s = await self.session()
+        await s.run("credit -t alice 1")
         await s.run("credit -u alice")
         await s.run("daily 100")
         out = await s.run("ko")
         self.assertTrue(out.endswith(PROMPT))
-        self.assertIsNone(await self.store.wallet("alice"))
-        self.assertEqual(lines_of(await s.run("credit -l")), ["Total wallets: 0"])
+        self.assertIsNone((await self.store.wallet("alice")).usage[0].credit_limit)
+        self.assertEqual([e.type for e in (await self.store.events("alice"))[0]], ["topup"])
 
     async def test_update_nothing_to_save_and_unknown_user(self):
         """ok without changes says so and stays in the session; -u refuses unknown users."""
         s = await self.session()
         self.assertEqual(lines_of(await s.run("credit -u zed")), ["Unknown User: zed"])
+        await s.run("credit -t alice 1")
         await s.run("credit -u alice")
         out = await s.run("ok")
         self.assertIn("Nothing to save", out)
@@ -458,12 +511,37 @@ class CreditSessionTests(JCliTestCase):
     async def test_update_store_down_keeps_session(self):
         """ok with Redis down answers one line and keeps the session for ok or ko."""
         s = await self.session()
+        await s.run("credit -t alice 1")
         await s.run("credit -u alice")
         await s.run("daily 1")
         self.runtime.store = CreditStore(DownRedis(), clock=reactor, reactor=reactor)
         out = await s.run("ok")
         self.assertIn("credit store unavailable", out)
         self.assertTrue(out.endswith("> "))
+        self.assertTrue((await s.run("ko")).endswith(PROMPT))
+
+    async def test_update_refused_without_wallet(self):
+        """credit -u on a Jasmin user without a wallet opens no session and creates no
+        wallet: a cap must not start billing (and refusing) a user who passed uncharged."""
+        s = await self.session()
+        out = await s.run("credit -u carol")
+        self.assertEqual(lines_of(out), [NO_WALLET.format(uid="carol")])
+        self.assertTrue(out.endswith(PROMPT))  # no session: the next line is a command
+        self.assertIn("Incorrect command: daily 5", await s.run("daily 5"))
+        self.assertEqual(await self.store.wallets(), [])
+        self.assertEqual((await self.store.events("carol"))[0], [])
+
+    async def test_update_refused_when_wallet_removed_meanwhile(self):
+        """ok after the wallet was removed by someone else: refused, no wallet re-created."""
+        s = await self.session()
+        await s.run("credit -t alice 1")
+        await s.run("credit -u alice")
+        await s.run("daily 5")
+        await self.store.remove("alice", "other")
+        out = await s.run("ok")
+        self.assertEqual(lines_of(out), [NO_WALLET.format(uid="alice")])
+        self.assertIsNone(await self.store.wallet("alice"))
+        self.assertEqual(await self.store.wallets(), [])
         self.assertTrue((await s.run("ko")).endswith(PROMPT))
 
 
@@ -556,6 +634,20 @@ class CreditLogTests(JCliTestCase):
         s = await self.session()
         self.assertEqual(lines_of(await s.run("credit --log carol")),
                          ["No credit log entries for carol"])
+
+    async def test_log_of_unknown_user(self):
+        """--log/--events of a uid Jasmin does not know and without entries: Unknown User,
+        no CSV written; a deleted Jasmin user's entries stay readable."""
+        s = await self.session()
+        path = self.temp_path()
+        for line in ("credit --log zed", "credit --events zed", "credit --log zed --page 2",
+                     f"credit --log zed --csv {path}"):
+            self.assertEqual(lines_of(await s.run(line)), ["Unknown User: zed"], line)
+        self.assertFalse(path.exists())
+        await s.run("credit -t alice 3 gone soon")
+        del s.router.users["alice"]
+        self.assertIn("gone soon", await s.run("credit --log alice"))
+        self.assertIn("topup", await s.run("credit --events alice"))
 
 
 class CreditConsoleTests(JCliTestCase):

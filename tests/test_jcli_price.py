@@ -131,6 +131,18 @@ class PriceReloadAssignTests(JCliTestCase):
         self.assertEqual(out, ["Successfully removed the rate card assignment of user alice"])
         self.assertEqual(self.runtime.card_assignments()["user"], {})
 
+    async def test_unassign_when_nothing_assigned(self):
+        """-a none on a user or group without an assignment says nothing was assigned."""
+        s = await self.session()
+        self.assertEqual(lines_of(await s.run("price -a none --user alice")),
+                         ["Nothing to remove: no rate card is assigned to user alice"])
+        self.assertEqual(lines_of(await s.run("price -a none --group customers")),
+                         ["Nothing to remove: no rate card is assigned to group customers"])
+        self.assertEqual(self.runtime.card_assignments(),
+                         {"user": {}, "group": {"vip": "gold"}})
+        self.assertEqual(lines_of(await s.run("price -a none --group vip")),
+                         ["Successfully removed the rate card assignment of group vip"])
+
     async def test_assign_group(self):
         """price -a CARD --group assigns the card to a Jasmin group."""
         s = await self.session()
@@ -154,6 +166,23 @@ class PriceReloadAssignTests(JCliTestCase):
             self.assertTrue(out.endswith(PROMPT))
         self.assertEqual(self.runtime.card_assignments(),
                          {"user": {}, "group": {"vip": "gold"}})
+
+    async def test_conflicting_and_stray_options_are_refused(self):
+        """price: two actions or an option the action does not take answer one line."""
+        s = await self.session()
+        usage = "; type 'help price' for usage"
+        for line, expected in (
+            ("price -l -s world", "-l/--list and -s/--show cannot be used together"),
+            ("price -l --page 2", "-l/--list does not take --page"),
+            ("price -s world --user alice", "-s/--show does not take --user"),
+            ("price -a gold --user alice --page 2", "-a/--assign does not take --page"),
+            ("price --reload now", "--reload takes nothing more, got 'now'"),
+        ):
+            out = await s.run(line)
+            self.assertEqual(lines_of(out), [f"Error: price: {expected}{usage}"], line)
+        self.assertEqual(self.runtime.card_assignments(),
+                         {"user": {}, "group": {"vip": "gold"}})
+        self.assertEqual(self.runtime.reloads, 0)
 
     async def test_help_price(self):
         """help price explains every option."""

@@ -3,13 +3,14 @@ through a StringTransport against the real Redis."""
 
 from __future__ import annotations
 
-from .test_jcli_credit import PROMPT, JCliTestCase, lines_of
+from .test_jcli_credit import NO_WALLET, PROMPT, JCliTestCase, lines_of
 
 
 class PlanSessionTests(JCliTestCase):
     async def test_scheduled_and_threshold_plan_saved_and_shown(self):
         """Keys collect a monthly reset plan and a threshold; ok saves; -s and -l show it."""
         s = await self.session()
+        await s.run("credit -t alice 1")
         out = await s.run("credit --plan alice")
         self.assertIn("Updating the top-up plan of alice: (ok: save, ko: exit)", out)
         self.assertTrue(out.endswith("> "))
@@ -37,6 +38,7 @@ class PlanSessionTests(JCliTestCase):
     async def test_edit_clear_part_and_remove(self):
         """A later session edits one key; 'threshold none' clears a part; 'none' removes."""
         s = await self.session()
+        await s.run("credit -t alice 1")
         await s.run("credit --plan alice")
         for line in ("every weekly", "day mon", "at 06:30", "add 20", "below 5",
                      "recharge 10"):
@@ -58,6 +60,7 @@ class PlanSessionTests(JCliTestCase):
         """ok on a schedule without a time says what is missing; ko leaves, nothing saved."""
         s = await self.session()
         self.assertEqual(lines_of(await s.run("credit --plan zed")), ["Unknown User: zed"])
+        await s.run("credit -t alice 1")
         await s.run("credit --plan alice")
         await s.run("every daily")
         await s.run("add 5")
@@ -66,3 +69,28 @@ class PlanSessionTests(JCliTestCase):
         self.assertTrue(out.endswith("> "))
         self.assertTrue((await s.run("ko")).endswith(PROMPT))
         self.assertEqual(await self.store.plan_fields("alice"), {})
+
+    async def test_plan_refused_without_wallet(self):
+        """credit --plan on a user without a wallet opens no session and creates nothing:
+        a plan tops up a wallet, it does not start billing a user who had none."""
+        s = await self.session()
+        out = await s.run("credit --plan carol")
+        self.assertEqual(lines_of(out), [NO_WALLET.format(uid="carol")])
+        self.assertTrue(out.endswith(PROMPT))
+        self.assertEqual(await self.store.wallets(), [])
+        self.assertEqual(await self.store.plan_fields("carol"), {})
+        self.assertEqual(lines_of(await s.run("credit -l")), ["Total wallets: 0"])
+
+    async def test_plan_refused_when_wallet_removed_meanwhile(self):
+        """ok after the wallet was removed meanwhile: refused, no wallet or plan appears."""
+        s = await self.session()
+        await s.run("credit -t alice 1")
+        await s.run("credit --plan alice")
+        for line in ("every daily", "at 06:00", "add 5"):
+            await s.run(line)
+        await self.store.remove("alice", "other")
+        out = await s.run("ok")
+        self.assertEqual(lines_of(out), [NO_WALLET.format(uid="alice")])
+        self.assertEqual(await self.store.wallets(), [])
+        self.assertEqual(await self.store.plan_users(), [])
+        self.assertTrue((await s.run("ko")).endswith(PROMPT))

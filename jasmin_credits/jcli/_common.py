@@ -122,6 +122,21 @@ class AsyncManager(Manager):
             raise CommandError(f"Unknown User: {uid}")
         return user
 
+    def no_wallet(self, uid: str) -> CommandError:
+        """The refusal of a command that needs the wallet of ``uid`` and found none.
+
+        Only a positive ``credit -t`` creates a wallet: a user without one is not billed
+        (or, with ``wallets.missing: refuse``, refused), so setting limits or a plan, or
+        subtracting, must not start billing them behind the operator's back.
+        """
+        return CommandError(f"Error: {uid} has no wallet, nothing changed: create it first"
+                            f" with credit -t {uid} <amount>")
+
+    async def require_wallet(self, uid: str) -> None:
+        """Raise :meth:`no_wallet`'s error if ``uid`` has no wallet."""
+        if await self.runtime.store.wallet(uid) is None:
+            raise self.no_wallet(uid)
+
     def gid_of(self, uid: str) -> str | None:
         user = self.jasmin_user(uid)
         group = getattr(user, "group", None)

@@ -189,9 +189,14 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
         self.answer(lambda: self._top_up(uid, units, reason, actor))
 
     async def _top_up(self, uid: str, units: int, reason: str, actor: str) -> str:
-        balance, _ = await self.runtime.store.top_up(
-            uid, units, op_id=f"jcli-{uuid.uuid4().hex}", actor=actor, reason=reason,
-            kind="topup" if units > 0 else "adjust")
+        # Only adding credit creates a wallet: a subtraction (often a typo or a correction)
+        # must not start billing a user who had none, at a negative balance.
+        try:
+            balance, _ = await self.runtime.store.top_up(
+                uid, units, op_id=f"jcli-{uuid.uuid4().hex}", actor=actor, reason=reason,
+                kind="topup" if units > 0 else "adjust", create=units > 0)
+        except UnknownWallet:
+            raise self.no_wallet(uid) from None
         if units < 0:
             self.runtime.wallet_cut(uid)  # no message more on credit leased before
         if units > 0:
@@ -223,6 +228,11 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
     def update(self, arg: str, opts: Any) -> None:
         uid = opts.update
         self.require_user(uid)
+        self.answer(lambda: self._start_update(uid))
+
+    async def _start_update(self, uid: str) -> None:
+        """Open the ``credit -u`` session, only on an existing wallet (see ``no_wallet``)."""
+        await self.require_wallet(uid)
         for line in SESSION_HELP:
             self.protocol.sendData(line, prompt=False)
         self.saving = False
@@ -272,7 +282,10 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
 
         async def save() -> None:
             try:
-                await self.runtime.store.configure(uid, settings)
+                # create=False: the wallet may have been removed since the session began.
+                await self.runtime.store.configure(uid, settings, create=False)
+            except UnknownWallet:
+                raise self.no_wallet(uid) from None
             finally:
                 self.saving = False
             self.runtime.wallet_cut(uid)  # new limits apply to the next message
@@ -317,22 +330,36 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
                     f" types: {', '.join(sorted(LOG_TYPES))}")
         if opts.page is not None and opts.before is not None:
             raise CommandError("Error: use --page or --before, not both")
+        if opts.csv and (opts.page is not None or opts.before is not None):
+            raise CommandError("Error: --csv writes every matching entry: use it without"
+                               " --page or --before")
         page = page_number(opts.page)
         if opts.before is not None and not _CURSOR.match(opts.before):
             raise CommandError(
                 f"Error: --before needs a cursor such as 1763456789012-0, got '{opts.before}'")
         query = {"since_ms": since, "until_ms": until, "types": types}
+        known = self.jasmin_user(uid) is not None
         if opts.csv:
-            self.answer(lambda: self._csv(which, uid, query, opts.csv))
+            self.answer(lambda: self._csv(which, uid, query, opts.csv, known))
         else:
-            self.answer(lambda: self._page(which, uid, query, page, opts.before))
+            self.answer(lambda: self._page(which, uid, query, page, opts.before, known))
+
+    async def _check_known(self, which: str, uid: str, known: bool) -> None:
+        """Refuse a uid Jasmin does not know and that has no entries at all.
+
+        The logs outlive the wallet and the Jasmin user (billing needs them), so a uid
+        unknown to Jasmin is read as long as it has entries.
+        """
+        if not known and not (await self._reader(which)(uid, count=1))[0]:
+            raise CommandError(f"Unknown User: {uid}")
 
     def _reader(self, which: str) -> Any:
         store = self.runtime.store
         return store.log if which == "log" else store.events
 
     async def _page(self, which: str, uid: str, query: dict[str, Any], page: int,
-                    before: str | None) -> list[str]:
+                    before: str | None, known: bool) -> list[str]:
+        await self._check_known(which, uid, known)
         read = self._reader(which)
         if before is not None:
             entries, _ = await read(uid, count=PAGE_SIZE + 1, before=before, **query)
@@ -389,7 +416,9 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
             parts.append(f"{key}={one_line(value)}")
         return " ".join(parts) or "-"
 
-    async def _csv(self, which: str, uid: str, query: dict[str, Any], path: str) -> str:
+    async def _csv(self, which: str, uid: str, query: dict[str, Any], path: str,
+                   known: bool) -> str:
+        await self._check_known(which, uid, known)
         read = self._reader(which)
         entries: list[LogEntry] = []
         before = None

@@ -12,6 +12,7 @@ from typing import Any
 
 from jasmin.protocols.cli.managers import Session
 
+from jasmin_credits.errors import UnknownWallet
 from jasmin_credits.money import parse_amount
 from jasmin_credits.plans import (
     EVERY,
@@ -51,6 +52,12 @@ class PlanSessionMixin:
     def plan(self, arg: str, opts: Any) -> None:
         uid = opts.plan
         self.require_user(uid)  # type: ignore[attr-defined]
+        self.answer(lambda: self._start_plan(uid))  # type: ignore[attr-defined]
+
+    async def _start_plan(self, uid: str) -> None:
+        """Open the ``credit --plan`` session, only on an existing wallet: a plan tops up a
+        wallet, it does not create one (a user without a wallet is not billed)."""
+        await self.require_wallet(uid)  # type: ignore[attr-defined]
         for line in PLAN_HELP:
             self.protocol.sendData(line, prompt=False)
         self.saving = False
@@ -141,6 +148,8 @@ class PlanSessionMixin:
         async def save() -> None:
             try:
                 answer = await self._store_plan(uid, changes, actor)
+            except UnknownWallet:  # removed since the session began
+                raise self.no_wallet(uid) from None  # type: ignore[attr-defined]
             finally:
                 self.saving = False
             self.protocol.sendData(answer, prompt=False)
@@ -151,7 +160,7 @@ class PlanSessionMixin:
     async def _store_plan(self, uid: str, changes: dict[str, Any], actor: str) -> str:
         store = self.runtime.store
         if changes.get("remove"):
-            await store.set_plan(uid, None, actor=actor)
+            await store.set_plan(uid, None, actor=actor, create=False)
             return f"Successfully removed the top-up plan of {uid}"
         day_text = changes.pop("day_text", None)
         merged = with_changes(await store.plan_fields(uid), changes)
@@ -164,9 +173,9 @@ class PlanSessionMixin:
         except (ValueError, TypeError) as error:
             raise CommandError(f"Error: {error}; nothing saved") from None
         if plan is None:
-            await store.set_plan(uid, None, actor=actor)
+            await store.set_plan(uid, None, actor=actor, create=False)
             return f"Successfully removed the top-up plan of {uid}"
-        await store.set_plan(uid, plan.fields(), actor=actor)
+        await store.set_plan(uid, plan.fields(), actor=actor, create=False)
         return f"Successfully updated the top-up plan of {uid}: {self.plan_text(plan)}"
 
     def plan_text(self, plan: Plan | None) -> str:

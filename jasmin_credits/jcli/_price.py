@@ -131,6 +131,8 @@ class PriceManager(AsyncManager):
         self.answer(lambda: self._assign(kind, ident, card))
 
     async def _assign(self, kind: str, ident: str, card: str | None) -> str:
+        if card is None and ident not in self.runtime.card_assignments().get(kind, {}):
+            return f"Nothing to remove: no rate card is assigned to {kind} {ident}"
         await self.runtime.assign_card(kind, ident, card)
         if card is None:
             return f"Successfully removed the rate card assignment of {kind} {ident}"

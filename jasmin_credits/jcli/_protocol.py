@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 
 from ._common import error_line, expected, one_line
 from ._credit import CreditManager
-from ._options import options
+from ._options import Action, options
 from ._price import PriceManager
 
 log = logging.getLogger("jcli")
@@ -25,7 +25,7 @@ Examples:
   credit -l                           list wallets
   credit -s alice                     alice's wallet, limits, usage, card
   credit -t alice 100 first payment   add 100 credits (creates the wallet)
-  credit -t alice -25 refund of test  subtract 25 credits
+  credit -t alice -25 refund of test  subtract 25 credits (never creates a wallet)
   credit -u alice                     set limits, then ok (ko cancels)
   credit --log alice --since 2026-11-01 --type charge,refund --page 2
   credit --log alice --csv /tmp/alice-log.csv
@@ -50,6 +50,29 @@ PRICE_EPILOG = """Examples:
   price -a world --user alice          assign card world to user alice
   price -a gold --group customers      assign card gold to group customers
   price -a none --user alice           remove alice's assignment"""
+
+
+_STREAM = frozenset({"since", "until", "type", "page", "before", "csv"})
+CREDIT_ACTIONS = (
+    Action("list", "list"),
+    Action("show", "show"),
+    Action("top_up", "top_up", text=True),
+    Action("update", "update"),
+    Action("plan", "plan"),
+    Action("remove", "remove"),
+    Action("log", "log", takes=_STREAM),
+    Action("events", "events", takes=_STREAM),
+)
+"""What ``credit`` does, by option, and what each action accepts besides."""
+
+PRICE_ACTIONS = (
+    Action("list", "list"),
+    Action("show", "show", takes=frozenset({"page"})),
+    Action("quote", "quote", text=True),
+    Action("reload", "reload"),
+    Action("assign", "assign", takes=frozenset({"user", "group"})),
+)
+"""What ``price`` does, by option, and what each action accepts besides."""
 
 
 class CreditsJCliProtocol(JCliProtocol):
@@ -121,14 +144,15 @@ class CreditsJCliProtocol(JCliProtocol):
                          " card"),
         make_option("-t", "--top-up", dest="top_up", type="string", nargs=2,
                     metavar="UID AMOUNT",
-                    help="Add AMOUNT credits (negative subtracts) to UID's wallet, creating"
-                         " it; the rest of the line is the reason"),
+                    help="Add AMOUNT credits (negative subtracts) to UID's wallet; a positive"
+                         " AMOUNT creates a missing wallet; the rest of the line is the"
+                         " reason"),
         make_option("-u", "--update", type="string", metavar="UID",
-                    help="Set limits, overdraft and low-balance threshold in an interactive"
-                         " session (ok: save, ko: exit)"),
+                    help="Set the limits, overdraft and low-balance threshold of UID's"
+                         " existing wallet in an interactive session (ok: save, ko: exit)"),
         make_option("--plan", type="string", metavar="UID",
-                    help="Set UID's automatic top-up plan (scheduled and/or threshold) in an"
-                         " interactive session (ok: save, ko: exit)"),
+                    help="Set the automatic top-up plan (scheduled and/or threshold) of UID's"
+                         " existing wallet in an interactive session (ok: save, ko: exit)"),
         make_option("-r", "--remove", type="string", metavar="UID",
                     help="Remove UID's wallet (its logs are kept)"),
         make_option("--log", type="string", metavar="UID",
@@ -150,16 +174,10 @@ class CreditsJCliProtocol(JCliProtocol):
         make_option("--csv", type="string", metavar="PATH",
                     help="With --log/--events: write every matching entry as CSV to PATH"
                          " on the gateway host"),
-    ], "", epilog=CREDIT_EPILOG)
+    ], "", epilog=CREDIT_EPILOG, actions=CREDIT_ACTIONS)
     def do_credit(self, arg: str, opts: Any) -> Any:
         """Credit wallets: balances, top-ups, limits and logs"""
-        for option, method in (("list", "list"), ("show", "show"), ("top_up", "top_up"),
-                               ("update", "update"), ("plan", "plan"), ("remove", "remove"),
-                               ("log", "log"),
-                               ("events", "events")):
-            if getattr(opts, option):
-                return self._run("credit", method, arg, opts)
-        return self.sendData("Missing required option; type 'help credit' for usage")
+        return self._dispatch("credit", CREDIT_ACTIONS, arg, opts)
 
     @options([
         make_option("-l", "--list", action="store_true",
@@ -178,14 +196,17 @@ class CreditsJCliProtocol(JCliProtocol):
                     help="Assign CARD (none: remove the assignment) to --user or --group"),
         make_option("--user", type="string", metavar="UID", help="With -a: the user"),
         make_option("--group", type="string", metavar="GID", help="With -a: the group"),
-    ], "", epilog=PRICE_EPILOG)
+    ], "", epilog=PRICE_EPILOG, actions=PRICE_ACTIONS)
     def do_price(self, arg: str, opts: Any) -> Any:
         """Rate cards: list, show, quote, reload, assign"""
-        for option, method in (("list", "list"), ("show", "show"), ("quote", "quote"),
-                               ("reload", "reload"), ("assign", "assign")):
-            if getattr(opts, option):
-                return self._run("price", method, arg, opts)
-        return self.sendData("Missing required option; type 'help price' for usage")
+        return self._dispatch("price", PRICE_ACTIONS, arg, opts)
+
+    def _dispatch(self, name: str, actions: tuple[Action, ...], arg: str, opts: Any) -> Any:
+        """Run the one action the line names (``@options`` refused two or strays)."""
+        for action in actions:
+            if getattr(opts, action.dest) is not None:
+                return self._run(name, action.method, arg, opts)
+        return self.sendData(f"Missing required option; type 'help {name}' for usage")
 
 
 def install_jcli(jcli_factory: Any, runtime: Any) -> None:
