@@ -629,8 +629,14 @@ class CreditStore:
         if status == NO_WALLET:
             raise UnknownWallet(f"user {uid} has no wallet")
 
-    async def remove(self, uid: str, actor: str) -> int:
-        """Delete the wallet of ``uid`` (its logs stay). Answers the balance it had."""
+    async def remove(self, uid: str, actor: str, reason: str = "wallet removed") -> int:
+        """Delete the wallet of ``uid`` (its logs stay). Answers the balance it had.
+
+        The balance is written off in the same atomic step: a credit log entry of type
+        ``removed`` (amount ``-balance``, balance 0, ``actor``, ``reason``), so the log
+        keeps summing to the balance when a top-up creates the wallet again. Refused
+        (ValueError) while messages are held or credit leases are open.
+        """
         check_uid(uid)
         now = self.now_ms()
         status, balance = await self._run(
@@ -641,9 +647,11 @@ class CreditStore:
                 self.keys.wallets,
                 self.keys.open(uid),
                 self.keys.plan(uid),
+                self.keys.log(uid),
                 self.keys.outbox,
             ],
-            [uid, now, _ms(self.settings.events_retention), actor],
+            [uid, now, _ms(self.settings.events_retention), actor,
+             _ms(self.settings.log_retention), reason],
         )
         if status == NO_WALLET:
             raise UnknownWallet(f"user {uid} has no wallet")

@@ -31,7 +31,8 @@ LIST_CONCURRENCY = 100
 
 PAGE_SIZE = 20
 CSV_BATCH = 500
-LOG_TYPES = frozenset({"topup", "adjust", "plan", "charge", "refund"})
+LOG_TYPES = frozenset({"topup", "adjust", "plan", "charge", "refund", "removed"})
+"""Credit log entry types; ``removed`` writes off the balance of a removed wallet."""
 _CURSOR = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 _PERIOD_NAMES = {"day": "daily", "week": "weekly", "month": "monthly"}
 
@@ -205,11 +206,12 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
     def remove(self, arg: str, opts: Any) -> None:
         uid = check_uid_line(opts.remove)
         actor = self.actor
-        self.answer(lambda: self._remove(uid, actor))
+        reason = one_line(arg) or "wallet removed"
+        self.answer(lambda: self._remove(uid, actor, reason))
 
-    async def _remove(self, uid: str, actor: str) -> str:
+    async def _remove(self, uid: str, actor: str, reason: str) -> str:
         try:
-            balance = await self.runtime.store.remove(uid, actor)
+            balance = await self.runtime.store.remove(uid, actor, reason)
         except UnknownWallet:
             raise CommandError(f"Error: user {uid} has no wallet") from None
         except ValueError:  # messages in flight or leases open: end this gateway's
