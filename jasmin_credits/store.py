@@ -66,6 +66,11 @@ class StoreSettings:
     concat_ttl: timedelta = timedelta(hours=1)
     batch: bool = True
     """Send operations of one reactor turn to Redis as one call (see scripts.Scripts)."""
+    decimals: int = 4
+    """``money.decimals``: units per credit, for amounts scripts write as text (plan runs'
+    reasons); every stored amount field stays an integer of units."""
+    display_decimals: int | None = 2
+    """``money.display_decimals``: how such text shows them (``money.format_amount``)."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,9 @@ def _script_constants(settings: StoreSettings, keys: Keys) -> dict[str, int | st
         "LOG_RETENTION": _ms(settings.log_retention),
         "LINK_TTL": _ms(settings.message_link_ttl),
         "PENDING_OUTCOME_TTL": _ms(settings.pending_outcome_ttl),
+        "MONEY_DECIMALS": settings.decimals,
+        "MONEY_SHOWN": (settings.decimals if settings.display_decimals is None
+                        else min(settings.display_decimals, settings.decimals)),
     }
 
 

@@ -47,10 +47,12 @@ SETTING_KEYS: dict[str, tuple[str, str]] = {
     "overdraft": ("overdraft", "credits"),
     "low_balance": ("low_balance", "credits"),
 }
-# Event fields holding credit amounts (shown with the configured precision).
+# Event fields holding credit amounts (stored as integers of units; shown as credits with
+# the configured precision): plan_set's plan fields and plan_skipped's figures included.
 _AMOUNT_FIELDS = frozenset({
     "amount", "balance", "available", "threshold", "overdraft", "low_balance",
     "lim:credits:day", "lim:credits:week", "lim:credits:month",
+    "s_amount", "s_cap", "t_below", "t_amount", "target", "cap", "used",
 })
 _CREDIT_LIMIT_CODES = {"2", "3", "4"}
 
@@ -384,12 +386,16 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
         for key, value in entry.fields.items():
             if value in ("", None):
                 continue
-            if value != "none" and value.lstrip("-").isdigit() and (
-                    key in _AMOUNT_FIELDS or (
-                        key == "limit" and entry.fields.get("code") in _CREDIT_LIMIT_CODES)):
-                value = self.amount(int(value))
-            parts.append(f"{key}={one_line(value)}")
+            parts.append(f"{key}={one_line(self._event_value(entry, key, value))}")
         return " ".join(parts) or "-"
+
+    def _event_value(self, entry: LogEntry, key: str, value: str) -> str:
+        """An event field as operators read it: amounts in credits, the rest as stored."""
+        if value != "none" and value.lstrip("-").isdigit() and (
+                key in _AMOUNT_FIELDS or (
+                    key == "limit" and entry.fields.get("code") in _CREDIT_LIMIT_CODES)):
+            return self.amount(int(value))
+        return value
 
     async def _csv(self, which: str, uid: str, query: dict[str, Any], path: str) -> str:
         read = self._reader(which)
@@ -414,9 +420,13 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
                 for e in entries:
                     values = {**e.fields, "id": e.id, "time": self.local_time(e.ts_ms),
                               "type": e.type}
-                    for key in ("amount", "balance"):
-                        if which == "log" and key in e.fields:
-                            values[key] = self.amount(e.int_field(key))
+                    if which == "log":
+                        for key in ("amount", "balance"):
+                            if key in e.fields:
+                                values[key] = self.amount(e.int_field(key))
+                    else:
+                        values.update({key: self._event_value(e, key, value)
+                                       for key, value in e.fields.items()})
                     writer.writerow([values.get(c, "") for c in columns])
         except OSError as error:
             raise CommandError(f"Error: cannot write {path}: {error.strerror or error}") from None
