@@ -382,6 +382,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
     store = StoreSettings(
         timezone=timezone,
         call_timeout=call_timeout,
+        decimals=decimals,
+        display_decimals=display,
         log_retention=timedelta(days=ret.integer("log_days", 400, 1, 100_000)),
         events_retention=timedelta(days=ret.integer("events_days", 90, 1, 100_000)),
     )

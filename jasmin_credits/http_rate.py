@@ -12,6 +12,16 @@ quote, and ``unit_rate`` becomes our unit price::
 ``unit_rate`` stays a JSON number for Jasmin's clients (a display value); the exact
 amounts are the strings under ``credits``. A destination we do not price keeps Jasmin's
 answer, with ``"credits": {"error": "..."}``.
+
+The parts are those ``/send`` would charge for the same arguments: we build the PDU chain
+as Jasmin's ``/send`` builds it (GSM 03.38 for coding 0, the content as given for other
+codings, ``hex-content`` decoded) with the same splitting settings, and count it as
+charging does (:func:`jasmin_credits.charging.count_parts`). Jasmin 0.11.1's ``/rate``
+cannot be trusted for this: it compares the coding with ``'0'`` (a str) where the
+argument is bytes, so it never encodes to GSM 03.38 and counts UTF-8 bytes (``'€' * 80``
+is 2 parts there, 1 when sent; ``'[' * 80 + 'a'`` 1 there, 2 when sent). Its
+``submit_sm_count`` is therefore replaced by our count whenever we quote, so the answer
+never shows two part counts.
 """
 
 from __future__ import annotations
@@ -20,12 +30,15 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import messaging.sms.gsm0338  # noqa: F401 - registers the 'gsm0338' codec /send encodes with
+from jasmin.protocols.http.endpoints import hex2bin
 from twisted.web.resource import Resource
 
+from .charging import count_parts
 from .errors import InvalidDestination, NotPriced
 from .http_wrap import CollectingRequest
 from .money import format_amount
-from .parts import Parts, encoding_of
+from .parts import Parts
 
 
 class CreditRate(Resource):
@@ -39,27 +52,30 @@ class CreditRate(Resource):
         self.runtime = runtime
 
     def render_GET(self, request: Any) -> Any:  # noqa: N802 - twisted.web API
-        return self.jasmin_rate.render_GET(CollectingRequest(request, self._finish))
+        # The arguments as the client sent them: Jasmin may rewrite the content in place.
+        args = {name: list(values) for name, values in request.args.items()}
+        return self.jasmin_rate.render_GET(
+            CollectingRequest(request, lambda collected: self._finish(collected, args)))
 
-    def _finish(self, collected: CollectingRequest) -> None:
+    def _finish(self, collected: CollectingRequest, args: dict[bytes, list[Any]]) -> None:
         request = collected.request
         body = collected.body
         if request.code == 200:
             try:
-                body = json.dumps(self._amend(request, json.loads(body))).encode()
+                body = json.dumps(self._amend(request, args, json.loads(body))).encode()
             except Exception as error:  # never lose Jasmin's answer over our addition
                 self.jasmin_rate.log.error("jasmin-credits /rate quote failed: %s", error)
         request.write(body)
         request.finish()
 
-    def _amend(self, request: Any, answer: dict[str, Any]) -> dict[str, Any]:
-        args = request.args
+    def _amend(self, request: Any, args: dict[bytes, list[Any]],
+               answer: dict[str, Any]) -> dict[str, Any]:
         user = self.jasmin_rate.RouterPB.authenticateUser(
             username=args[b"username"][0].decode(), password=args[b"password"][0].decode())
         uid = str(user.uid)
         gid = str(user.group.gid)
-        coding = int(args.get(b"coding", [b"0"])[0])
-        parts = Parts(encoding_of(coding), int(answer["submit_sm_count"]))
+        parts = self.parts_sent(args)
+        answer["submit_sm_count"] = parts.parts
         decimals = self.runtime.decimals
         try:
             quote = self.runtime.pricer.quote(uid, gid, args[b"to"][0].decode(), parts)
@@ -74,6 +90,26 @@ class CreditRate(Resource):
             "total": format_amount(quote.total, decimals),
         }
         return answer
+
+    def parts_sent(self, args: dict[bytes, list[Any]]) -> Parts:
+        """The parts ``/send`` would charge for these request arguments.
+
+        Mirrors how Jasmin's ``Send.route_routable`` builds the message (content encoded
+        to GSM 03.38 for coding 0, replacing what it cannot encode; other codings as
+        given; ``hex-content`` decoded), split by the same ``SMPPOperationFactory``
+        settings. Raises on content ``/send`` would refuse too (bad UTF-8 or hex).
+        """
+        coding = args.get(b"coding", [b"0"])[0]
+        if b"hex-content" in args:
+            short_message = hex2bin(args[b"hex-content"][0])
+        else:
+            short_message = args.get(b"content", [b""])[0]
+            if coding == b"0":
+                short_message = short_message.decode().encode("gsm0338", "replace")
+        pdu = self.jasmin_rate.opFactory.SubmitSM(
+            source_addr=None, destination_addr=args[b"to"][0],
+            short_message=short_message, data_coding=int(coding))
+        return count_parts(pdu)
 
 
 def install_rate(http_api: Any, runtime: Any) -> CreditRate | None:

@@ -66,6 +66,11 @@ class StoreSettings:
     concat_ttl: timedelta = timedelta(hours=1)
     batch: bool = True
     """Send operations of one reactor turn to Redis as one call (see scripts.Scripts)."""
+    decimals: int = 4
+    """``money.decimals``: units per credit, for amounts scripts write as text (plan runs'
+    reasons); every stored amount field stays an integer of units."""
+    display_decimals: int | None = 2
+    """``money.display_decimals``: how such text shows them (``money.format_amount``)."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,9 @@ def _script_constants(settings: StoreSettings, keys: Keys) -> dict[str, int | st
         "LOG_RETENTION": _ms(settings.log_retention),
         "LINK_TTL": _ms(settings.message_link_ttl),
         "PENDING_OUTCOME_TTL": _ms(settings.pending_outcome_ttl),
+        "MONEY_DECIMALS": settings.decimals,
+        "MONEY_SHOWN": (settings.decimals if settings.display_decimals is None
+                        else min(settings.display_decimals, settings.decimals)),
     }
 
 
@@ -629,8 +637,14 @@ class CreditStore:
         if status == NO_WALLET:
             raise UnknownWallet(f"user {uid} has no wallet")
 
-    async def remove(self, uid: str, actor: str) -> int:
-        """Delete the wallet of ``uid`` (its logs stay). Answers the balance it had."""
+    async def remove(self, uid: str, actor: str, reason: str = "wallet removed") -> int:
+        """Delete the wallet of ``uid`` (its logs stay). Answers the balance it had.
+
+        The balance is written off in the same atomic step: a credit log entry of type
+        ``removed`` (amount ``-balance``, balance 0, ``actor``, ``reason``), so the log
+        keeps summing to the balance when a top-up creates the wallet again. Refused
+        (ValueError) while messages are held or credit leases are open.
+        """
         check_uid(uid)
         now = self.now_ms()
         status, balance = await self._run(
@@ -641,9 +655,11 @@ class CreditStore:
                 self.keys.wallets,
                 self.keys.open(uid),
                 self.keys.plan(uid),
+                self.keys.log(uid),
                 self.keys.outbox,
             ],
-            [uid, now, _ms(self.settings.events_retention), actor],
+            [uid, now, _ms(self.settings.events_retention), actor,
+             _ms(self.settings.log_retention), reason],
         )
         if status == NO_WALLET:
             raise UnknownWallet(f"user {uid} has no wallet")

@@ -22,6 +22,12 @@ def test_example_config_loads_with_its_cards():
     assert config.decimals == 4
 
 
+def test_store_writes_amounts_with_the_money_settings():
+    """money.decimals and display_decimals reach the store (plan runs' reasons use them)."""
+    config = parse_config({"money": {"decimals": 2, "display_decimals": 1}}, "x.yaml")
+    assert (config.store.decimals, config.store.display_decimals) == (2, 1)
+
+
 def test_defaults_never_use_esme_rsyserr():
     """Every default refusal status is a real SMPP code other than ESME_RSYSERR."""
     config = parse_config({}, "x.yaml")

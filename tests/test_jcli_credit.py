@@ -428,6 +428,10 @@ class CreditShowListTests(JCliTestCase):
                                " its logs are kept)"])
         self.assertIsNone(await self.store.wallet("alice"))
         self.assertIn("topup", await s.run("credit --log alice"))
+        [row] = [line for line in lines_of(await s.run("credit --log alice --type removed"))
+                 if line.startswith("#2")]
+        self.assertEqual(row.split()[2:5], ["removed", "-9.00", "0.00"])
+        self.assertIn("wallet removed", row)
         self.assertEqual(lines_of(await s.run("credit -r alice")),
                          ["Error: user alice has no wallet"])
         self.assertEqual(self.runtime.cut, [])

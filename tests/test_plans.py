@@ -9,10 +9,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, time
 from zoneinfo import ZoneInfo
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from jasmin_credits.money import format_amount
 from jasmin_credits.plans import (
     ALREADY_DONE,
     CHANGED,
@@ -26,7 +29,8 @@ from jasmin_credits.plans import (
     parse_day,
     plan_from_fields,
 )
-from jasmin_credits.store import CreditStore
+from jasmin_credits.scripts import _prelude
+from jasmin_credits.store import CreditStore, StoreSettings
 
 from .sync_redis import sync_client, sync_store
 
@@ -351,3 +355,65 @@ class ThresholdRunTests(PlanTestCase):
         self.assertEqual(self.sync(self.store.run_plan("alice", "threshold", **args))[0],
                          ALREADY_DONE)
         self.assertEqual(self.balance(), 50)
+
+
+class PlanReasonTests(PlanTestCase):
+    """Plan runs explain themselves to operators in credits, never in raw units."""
+
+    def reasons(self) -> tuple[list[str], list[str]]:
+        """The reasons of the plan runs' credit log entries and plan events, oldest first."""
+        events, _ = self.sync(self.store.events("alice", types=frozenset({"plan"})))
+        return ([e.fields["reason"] for e in self.plan_entries()],
+                [e.fields["reason"] for e in reversed(events)])
+
+    def test_threshold_reason_in_credits(self):
+        """below 200 add 500 at 98.29 available: the reason says 98.29 and 200.00."""
+        self.at(utc("2026-11-18T08:00:00"))
+        self.sync(self.store.top_up("alice", 982_900, op_id="fund", actor="t"))
+        self.set_plan(Plan(UTC_TZ, threshold=Threshold(2_000_000, 5_000_000)))
+        self.tick(PlanScheduler(self.store, self.clock))
+        reason = "threshold: available 98.29 below 200.00"
+        self.assertEqual(self.reasons(), ([reason], [reason]))
+        self.assertEqual(self.plan_entries()[0].fields["amount"], "5000000")  # units
+
+    def test_scheduled_reasons_in_credits(self):
+        """reset to 500 and add 0.0035 (capped at 0.0025) read as credits."""
+        self.at(utc("2026-11-18T08:00:00"))
+        self.sync(self.store.top_up("alice", -35, op_id="debt", actor="t", kind="adjust"))
+        self.set_plan(Plan(UTC_TZ, Schedule("daily", time(9, 0), "reset", 5_000_000)))
+        scheduler = PlanScheduler(self.store, self.clock)
+        self.at(utc("2026-11-18T09:00:01"))
+        self.tick(scheduler)
+        self.set_plan(Plan(UTC_TZ, Schedule("daily", time(9, 0), "add", 35, cap=25)))
+        self.at(utc("2026-11-19T09:00:01"))
+        self.tick(scheduler)
+        self.assertEqual(self.reasons()[0], [
+            "scheduled: reset to 500.00",
+            "scheduled: add 0.0035 (capped at the monthly cap)",
+        ])
+
+    def test_reason_follows_the_money_settings(self):
+        """money.decimals 2, display_decimals 0: the reason follows them (-10.5, 20)."""
+        store = sync_store(self.clock, StoreSettings(decimals=2, display_decimals=0))
+        self.at(utc("2026-11-18T08:00:00"))
+        self.sync(store.top_up("alice", -1050, op_id="debt", actor="t", kind="adjust"))
+        self.sync(store.set_plan("alice", Plan(UTC_TZ, threshold=Threshold(2000, 500)).fields(),
+                                 actor="test"))
+        self.tick(PlanScheduler(store, self.clock))
+        entries, _ = self.sync(store.log("alice", types=frozenset({"plan"})))
+        self.assertEqual(entries[0].fields["reason"], "threshold: available -10.5 below 20")
+
+
+class LuaMoneyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.client = sync_client()
+
+    @given(units=st.integers(-(2**53), 2**53), decimals=st.integers(0, 8), data=st.data())
+    @settings(max_examples=300, deadline=None)
+    def test_lua_money_matches_format_amount(self, units, decimals, data):
+        """The scripts' money() writes exactly what money.format_amount shows."""
+        shown = data.draw(st.integers(0, decimals))
+        source = (_prelude({"MONEY_DECIMALS": decimals, "MONEY_SHOWN": shown})
+                  + "return money(tonumber(ARGV[1]))")
+        got = self.client.eval(source, 0, str(units))
+        self.assertEqual(got, format_amount(units, decimals, shown))

@@ -3,6 +3,8 @@ through a StringTransport against the real Redis."""
 
 from __future__ import annotations
 
+import csv
+
 from .test_jcli_credit import NO_WALLET, PROMPT, JCliTestCase, lines_of
 
 
@@ -34,6 +36,33 @@ class PlanSessionTests(JCliTestCase):
         self.assertIn("monthly last 09:00 reset 500.00", listed)
         events, _ = await self.store.events("alice", types=frozenset({"plan_set"}))
         self.assertEqual(events[0].fields["actor"], "jcli:jcliadmin")
+
+    async def test_plan_events_show_credits(self):
+        """--events and its CSV show plan_set and plan_skipped amounts in credits, as they
+        show limits; plan runs' reasons are in credits too."""
+        s = await self.session()
+        await s.run("credit --plan alice")
+        for line in ("every daily", "at 09:00", "reset 500", "cap 900", "below 200",
+                     "recharge 500"):
+            await s.run(line)
+        await s.run("ok")
+        await self.store.top_up("alice", 9_000_000, op_id="fund", actor="t")
+        await self.store.run_plan("alice", "scheduled", op_id="plan:alice:s20261118",
+                                  version=(await self.store.plan_fields("alice"))["version"],
+                                  period="s20261118", mark=1, month="m202611")
+        out = lines_of(await s.run("credit --events alice --type plan_set,plan_skipped"))
+        [skipped] = [line for line in out if " plan_skipped " in line]
+        self.assertIn("target=500.00 balance=900.00", skipped)
+        [plan_set] = [line for line in out if " plan_set " in line]
+        for shown in ("s_amount=500.00", "s_cap=900.00", "t_below=200.00", "t_amount=500.00",
+                      "s_every=daily", "s_at=09:00", "t_max_per_day=1"):
+            self.assertIn(shown, plan_set)
+        path = self.temp_path()
+        await s.run(f"credit --events alice --type plan_set --csv {path}")
+        with open(path, newline="") as f:
+            [row] = list(csv.DictReader(f))
+        self.assertEqual((row["s_amount"], row["t_below"], row["t_max_per_day"]),
+                         ("500.00", "200.00", "1"))
 
     async def test_edit_clear_part_and_remove(self):
         """A later session edits one key; 'threshold none' clears a part; 'none' removes."""

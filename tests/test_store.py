@@ -54,6 +54,41 @@ class TopUpTests(TestCase):
         self.assertIsNone(await store.wallet("bob"))
 
 
+class RemoveTests(TestCase):
+    async def test_removal_writes_off_the_balance_in_the_credit_log(self):
+        """Removing a wallet logs a 'removed' entry of -balance: the log still sums to the
+        balance once a top-up creates the wallet again."""
+        store = await make_store(self)
+        await store.top_up("bob", 1200, op_id="t1", actor="admin")
+        for _ in range(2):
+            hold = await store.reserve("bob", 500, 1)
+            await store.commit("bob", hold.ref)
+        self.assertEqual(await store.remove("bob", "jcli:ops", "closed"), 200)
+        total, entries = await log_sum(store, "bob")
+        self.assertEqual(total, 0)
+        removed = entries[0]
+        self.assertEqual(removed.type, "removed")
+        self.assertEqual(
+            {k: removed.fields[k] for k in ("amount", "balance", "actor", "reason")},
+            {"amount": "-200", "balance": "0", "actor": "jcli:ops", "reason": "closed"})
+        balance, _ = await store.top_up("bob", 10000, op_id="t2", actor="admin")
+        total, entries = await log_sum(store, "bob")
+        self.assertEqual((balance, total), (10000, 10000))
+        self.assertEqual([e.type for e in entries],
+                         ["topup", "removed", "charge", "charge", "topup"])
+
+    async def test_refused_removal_writes_nothing(self):
+        """While a message is held the wallet stays, and neither log gets an entry."""
+        store = await make_store(self)
+        await store.top_up("bob", 1200, op_id="t1", actor="admin")
+        await store.reserve("bob", 500, 1)
+        with self.assertRaises(ValueError):
+            await store.remove("bob", "jcli:ops")
+        total, entries = await log_sum(store, "bob")
+        self.assertEqual((total, [e.type for e in entries]), (1200, ["topup"]))
+        self.assertEqual((await store.wallet("bob")).balance, 1200)
+
+
 class ReserveSettleTests(TestCase):
     async def funded(self, amount=1000, **settings):
         store = await make_store(self)

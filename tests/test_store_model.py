@@ -12,6 +12,7 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -43,6 +44,8 @@ class WalletMachine(RuleBasedStateMachine):
         self.case = SynchronousTestCase()
         self.balance = self.reserved = 0
         self.seq = 0
+        self.exists = False
+        self.all_res: list[Res] = []
 
     def run(self, deferred):
         return self.case.successResultOf(deferred)
@@ -52,13 +55,13 @@ class WalletMachine(RuleBasedStateMachine):
         self.seq += 1
         balance, _ = self.run(self.store.top_up("u", amount, op_id=f"op{self.seq}", actor="m"))
         self.balance += amount
+        self.exists = True
         assert balance == self.balance
 
     @rule(target=reservations, unit=st.integers(0, 300), parts=st.integers(1, 4))
     def reserve(self, unit, parts):
         hold = self.run(self.store.reserve("u", unit, parts))
-        wallet_exists = self.seq > 0
-        if not wallet_exists:
+        if not self.exists:
             assert hold.no_wallet
             return None
         fits = unit * parts == 0 or self.balance - self.reserved >= unit * parts
@@ -66,7 +69,22 @@ class WalletMachine(RuleBasedStateMachine):
         if not fits:
             return None
         self.reserved += unit * parts
-        return Res(hold.ref, unit, parts)
+        res = Res(hold.ref, unit, parts)
+        self.all_res.append(res)
+        return res
+
+    @rule()
+    def remove(self):
+        """Removal: refused while parts are held; else the balance is written off."""
+        if not self.exists:
+            return
+        held = any(r.unlinked + r.queued for r in self.all_res)
+        removal = ensureDeferred(self.store.remove("u", "m"))
+        if held:
+            self.case.failureResultOf(removal, ValueError)
+            return
+        assert self.run(removal) == self.balance
+        self.balance, self.exists = 0, False
 
     @rule(res=reservations)
     def link(self, res):
@@ -87,7 +105,7 @@ class WalletMachine(RuleBasedStateMachine):
         if sent:
             self.balance -= res.queued * res.unit
             res.msg_charged += res.queued
-        else:  # an error after a charge (e.g. by the sweeper's policy) gives it back
+        elif self.exists:  # an error after a charge (e.g. the sweeper's policy) gives it back
             self.balance += res.msg_charged * res.unit
             res.msg_charged = 0
         res.queued = 0
@@ -97,6 +115,8 @@ class WalletMachine(RuleBasedStateMachine):
         if res is None:
             return
         self.run(self.store.refund("u", res.ref, "operator"))
+        if not self.exists:  # a removed wallet's reservations settle nothing
+            return
         self.reserved -= (res.unlinked + res.queued) * res.unit
         self.balance += (res.msg_charged + res.charged) * res.unit
         res.unlinked = res.queued = res.msg_charged = res.charged = 0
@@ -126,11 +146,12 @@ class WalletMachine(RuleBasedStateMachine):
         if not getattr(self, "store", None) or self.seq == 0:
             return
         wallet = self.run(self.store.wallet("u"))
-        if wallet is None:
-            return
-        assert (wallet.balance, wallet.reserved) == (self.balance, self.reserved)
+        assert (wallet is not None) == self.exists
+        balance = 0 if wallet is None else wallet.balance
+        if wallet is not None:
+            assert (wallet.balance, wallet.reserved) == (self.balance, self.reserved)
         entries, _ = self.run(self.store.log("u", count=100_000))
-        assert sum(e.int_field("amount") for e in entries) == wallet.balance
+        assert sum(e.int_field("amount") for e in entries) == balance
 
 
 WalletMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,

@@ -31,7 +31,8 @@ LIST_CONCURRENCY = 100
 
 PAGE_SIZE = 20
 CSV_BATCH = 500
-LOG_TYPES = frozenset({"topup", "adjust", "plan", "charge", "refund"})
+LOG_TYPES = frozenset({"topup", "adjust", "plan", "charge", "refund", "removed"})
+"""Credit log entry types; ``removed`` writes off the balance of a removed wallet."""
 _CURSOR = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 _PERIOD_NAMES = {"day": "daily", "week": "weekly", "month": "monthly"}
 
@@ -46,10 +47,12 @@ SETTING_KEYS: dict[str, tuple[str, str]] = {
     "overdraft": ("overdraft", "credits"),
     "low_balance": ("low_balance", "credits"),
 }
-# Event fields holding credit amounts (shown with the configured precision).
+# Event fields holding credit amounts (stored as integers of units; shown as credits with
+# the configured precision): plan_set's plan fields and plan_skipped's figures included.
 _AMOUNT_FIELDS = frozenset({
     "amount", "balance", "available", "threshold", "overdraft", "low_balance",
     "lim:credits:day", "lim:credits:week", "lim:credits:month",
+    "s_amount", "s_cap", "t_below", "t_amount", "target", "cap", "used",
 })
 _CREDIT_LIMIT_CODES = {"2", "3", "4"}
 
@@ -210,11 +213,12 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
     def remove(self, arg: str, opts: Any) -> None:
         uid = check_uid_line(opts.remove)
         actor = self.actor
-        self.answer(lambda: self._remove(uid, actor))
+        reason = one_line(arg) or "wallet removed"
+        self.answer(lambda: self._remove(uid, actor, reason))
 
-    async def _remove(self, uid: str, actor: str) -> str:
+    async def _remove(self, uid: str, actor: str, reason: str) -> str:
         try:
-            balance = await self.runtime.store.remove(uid, actor)
+            balance = await self.runtime.store.remove(uid, actor, reason)
         except UnknownWallet:
             raise CommandError(f"Error: user {uid} has no wallet") from None
         except ValueError:  # messages in flight or leases open: end this gateway's
@@ -409,12 +413,16 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
         for key, value in entry.fields.items():
             if value in ("", None):
                 continue
-            if value != "none" and value.lstrip("-").isdigit() and (
-                    key in _AMOUNT_FIELDS or (
-                        key == "limit" and entry.fields.get("code") in _CREDIT_LIMIT_CODES)):
-                value = self.amount(int(value))
-            parts.append(f"{key}={one_line(value)}")
+            parts.append(f"{key}={one_line(self._event_value(entry, key, value))}")
         return " ".join(parts) or "-"
+
+    def _event_value(self, entry: LogEntry, key: str, value: str) -> str:
+        """An event field as operators read it: amounts in credits, the rest as stored."""
+        if value != "none" and value.lstrip("-").isdigit() and (
+                key in _AMOUNT_FIELDS or (
+                    key == "limit" and entry.fields.get("code") in _CREDIT_LIMIT_CODES)):
+            return self.amount(int(value))
+        return value
 
     async def _csv(self, which: str, uid: str, query: dict[str, Any], path: str,
                    known: bool) -> str:
@@ -441,9 +449,13 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
                 for e in entries:
                     values = {**e.fields, "id": e.id, "time": self.local_time(e.ts_ms),
                               "type": e.type}
-                    for key in ("amount", "balance"):
-                        if which == "log" and key in e.fields:
-                            values[key] = self.amount(e.int_field(key))
+                    if which == "log":
+                        for key in ("amount", "balance"):
+                            if key in e.fields:
+                                values[key] = self.amount(e.int_field(key))
+                    else:
+                        values.update({key: self._event_value(e, key, value)
+                                       for key, value in e.fields.items()})
                     writer.writerow([values.get(c, "") for c in columns])
         except OSError as error:
             raise CommandError(f"Error: cannot write {path}: {error.strerror or error}") from None

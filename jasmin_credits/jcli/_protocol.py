@@ -30,7 +30,7 @@ Examples:
   credit --log alice --since 2026-11-01 --type charge,refund --page 2
   credit --log alice --csv /tmp/alice-log.csv
   credit --events alice
-  credit -r alice                     remove the wallet (its logs are kept)
+  credit -r alice closed account      remove the wallet (its logs are kept)
   credit --plan alice                 set a top-up plan, then ok (ko cancels):
     every monthly / day 1 / at 09:00 / reset 500 / cap 1000   monthly top-up to 500
     below 10 / recharge 50 / max_per_day 2                  auto-recharge
@@ -154,7 +154,9 @@ class CreditsJCliProtocol(JCliProtocol):
                     help="Set the automatic top-up plan (scheduled and/or threshold) of UID's"
                          " existing wallet in an interactive session (ok: save, ko: exit)"),
         make_option("-r", "--remove", type="string", metavar="UID",
-                    help="Remove UID's wallet (its logs are kept)"),
+                    help="Remove UID's wallet (its logs are kept; the balance is written"
+                         " off in a 'removed' credit log entry); the rest of the line is"
+                         " the reason"),
         make_option("--log", type="string", metavar="UID",
                     help="Show UID's credit log, newest first (every balance change)"),
         make_option("--events", type="string", metavar="UID",
@@ -166,7 +168,7 @@ class CreditsJCliProtocol(JCliProtocol):
                     help="With --log/--events: entries up to this day included"),
         make_option("--type", type="string", metavar="TYPE[,TYPE]",
                     help="With --log/--events: only these types (log types: topup, adjust,"
-                         " plan, charge, refund)"),
+                         " plan, charge, refund, removed)"),
         make_option("--page", type="string", metavar="N",
                     help="With --log/--events: page N (20 entries a page)"),
         make_option("--before", type="string", metavar="CURSOR",

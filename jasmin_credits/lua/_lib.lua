@@ -8,6 +8,26 @@ local function s(n)
   return string.format('%d', n)
 end
 
+-- units as credits text for operators, like jasmin_credits.money.format_amount with
+-- MONEY_DECIMALS and MONEY_SHOWN (constants from the store's settings): 982900 -> '98.29'.
+-- Done on the digits, not by dividing doubles, so it is exact for any integer amount.
+local function money(units)
+  local digits = s(math.abs(units))
+  local sign = units < 0 and '-' or ''
+  if MONEY_DECIMALS == 0 then
+    return sign .. digits
+  end
+  digits = string.rep('0', MONEY_DECIMALS + 1 - #digits) .. digits
+  local whole = string.sub(digits, 1, #digits - MONEY_DECIMALS)
+  local frac = string.sub(digits, -MONEY_DECIMALS)
+  local significant = string.gsub(frac, '0+$', '')
+  frac = string.sub(frac, 1, math.max(MONEY_SHOWN, #significant))
+  if frac == '' then
+    return sign .. whole
+  end
+  return sign .. whole .. '.' .. frac
+end
+
 -- Redis's clock in ms, read once per script call: a batch of operations asks once.
 local redis_ms
 local function redis_now_ms()

@@ -13,6 +13,8 @@
 -- ran, or a later one did), 2 nothing to add (reset target reached, or above threshold),
 -- 3 monthly cap reached, 4 threshold runs of the day used up, 8 no wallet,
 -- 50 the plan changed or was removed (decide again).
+-- The reason written to the credit log and the plan event is for operators: amounts in it
+-- are credits (money()); the amount fields stay integers of units.
 local uid, which, now = ARGV[1], ARGV[2], ARGV[5]
 local plan = KEYS[5]
 if redis.call('HGET', plan, 'version') ~= ARGV[3] then
@@ -55,10 +57,10 @@ if which == 'scheduled' then
   local target = int(p[2])
   if p[1] == 'reset' then
     amount = math.max(0, target - balance)
-    reason = 'scheduled: reset to ' .. s(target)
+    reason = 'scheduled: reset to ' .. money(target)
   else
     amount = target
-    reason = 'scheduled: add ' .. s(target)
+    reason = 'scheduled: add ' .. money(target)
   end
   if amount == 0 then
     return skipped(2, 'at_target', {'target', s(target), 'balance', s(balance)})
@@ -105,7 +107,7 @@ else
   end
   redis.call('HSET', plan, 'thr_day', ARGV[9], 'thr_count', s(count + 1))
   amount = int(p[2])
-  reason = 'threshold: available ' .. s(available) .. ' below ' .. s(below)
+  reason = 'threshold: available ' .. money(available) .. ' below ' .. money(below)
 end
 
 balance = redis.call('HINCRBY', KEYS[1], 'balance', s(amount))

@@ -175,6 +175,21 @@ def test_rate_quotes_our_price_and_charges_nothing(gateway, books):
     assert (wallet.balance, held(wallet)) == (start, 0)
 
 
+def test_rate_quotes_the_parts_send_charges(gateway, books):
+    """GSM text with extension or non-ASCII characters: /rate quotes what /send charges."""
+    for content, parts in (("[" * 80 + "a", 2), ("€" * 80, 1)):
+        status, body = http(gateway, "rate", to="33612345678", content=content, coding="0")
+        assert status == 200, body
+        answer = json.loads(body)
+        assert (answer["submit_sm_count"], answer["credits"]["parts"]) == (parts, parts)
+        start = books.top_up("alice", 100_000)
+        status, body = http(gateway, "send", to="33612345678", content=content, coding="0")
+        assert status == 200, body
+        books.wait_settled("alice", start - parts * PRICE["33"])
+        [charge] = books.log("alice")[:1]
+        assert (charge.type, charge.fields["parts"]) == ("charge", str(parts))
+
+
 def test_operator_script_runs_first_and_can_refuse(gateway, smpp_client, books):
     """The operator's interceptor script still refuses; a refused message holds nothing."""
     start = books.top_up("alice", 10_000)
