@@ -41,12 +41,12 @@ class PlanSessionTests(JCliTestCase):
         """--events and its CSV show plan_set and plan_skipped amounts in credits, as they
         show limits; plan runs' reasons are in credits too."""
         s = await self.session()
+        await self.store.top_up("alice", 9_000_000, op_id="fund", actor="t")
         await s.run("credit --plan alice")
         for line in ("every daily", "at 09:00", "reset 500", "cap 900", "below 200",
                      "recharge 500"):
             await s.run(line)
         await s.run("ok")
-        await self.store.top_up("alice", 9_000_000, op_id="fund", actor="t")
         await self.store.run_plan("alice", "scheduled", op_id="plan:alice:s20261118",
                                   version=(await self.store.plan_fields("alice"))["version"],
                                   period="s20261118", mark=1, month="m202611")
