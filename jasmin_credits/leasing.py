@@ -132,6 +132,8 @@ class LeaseBook:
         """Fires with the number of leases of an earlier run this book ended."""
         self._keeping = False
         self._checking = False
+        self._shrinking: dict[str, set[Deferred]] = {}
+        """Leases of each user an operator's cut ended, being shrunk in Redis (:meth:`_cut`)."""
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
 
@@ -284,14 +286,51 @@ class LeaseBook:
             Deferred.fromCoroutine(self.keep_name()).addErrback(
                 lambda f: log.error("keeping the gateway name failed: %s", f.getTraceback()))
 
-    def end_wallet(self, uid: str) -> None:
+    def end_wallet(self, uid: str) -> Deferred:
         """End every lease of ``uid`` now: an operator cut its wallet through this gateway
         (jCli), so this gateway holds nothing more on them from the answer on; other
         gateways hear the cut announced (:class:`~jasmin_credits.services.ReloadChannelListener`)
-        and see the raised epoch at their next check (:meth:`check_epochs`) at the latest."""
+        and see the raised epoch at their next check (:meth:`check_epochs`) at the latest.
+
+        Fires once Redis gave back what those leases did not hold (:meth:`_cut`), and what
+        earlier cuts of ``uid`` still being given back (the announcement may arrive before
+        jCli's own answer): jCli answers after it, so the next message is judged on real
+        usage. Never fails (a Redis failure leaves it to the end marker)."""
         for lease in list(self._leases.get(uid, ())):
-            log.info("credit lease %s of %s ends: its wallet changed", lease.id, uid)
-            self._retire(lease)
+            self._cut(lease)
+        return DeferredList(list(self._shrinking.get(uid, ())))
+
+    def _cut(self, lease: Lease) -> None:
+        """Retire ``lease`` (an operator's cut) and shrink it in Redis to what this gateway
+        held on it (``store.shrink_lease``): the rest goes back to the wallet now, instead of
+        counting against its limits until the end marker is settled, a second later. The
+        figures are taken here, once the lease holds nothing more."""
+        log.info("credit lease %s of %s ends: its wallet changed", lease.id, lease.uid)
+        self._retire(lease)
+        shrinking = Deferred.fromCoroutine(self._shrink(
+            lease.uid, lease.id, lease.credits - lease.left,
+            lease.messages - lease.messages_left))
+        if shrinking.called:
+            return
+        pending = self._shrinking.setdefault(lease.uid, set())
+        pending.add(shrinking)
+
+        def done(result: Any) -> Any:
+            pending.discard(shrinking)
+            if not pending and self._shrinking.get(lease.uid) is pending:
+                del self._shrinking[lease.uid]
+            return result
+
+        shrinking.addBoth(done)
+
+    async def _shrink(self, uid: str, lease_id: str, credits: int, messages: int) -> None:
+        try:
+            await self.store.shrink_lease(uid, lease_id, credits, messages)
+        except StoreUnavailable as error:
+            log.info("credit lease %s of %s not shrunk (%s): its end marker gives its unused "
+                     "credit back", lease_id, uid, error)
+        except Exception:
+            log.exception("shrinking credit lease %s of %s failed", lease_id, uid)
 
     async def check_epochs(self) -> None:
         """End the leases of wallets an operator changed since they were granted: a
@@ -313,8 +352,7 @@ class LeaseBook:
             epoch = epochs.get(lease.uid)
             # (epochs only grow: a lease granted after the read carries a newer one)
             if epoch is not None and (epoch < 0 or epoch > lease.epoch):
-                log.info("credit lease %s of %s ends: its wallet changed", lease.id, lease.uid)
-                self._retire(lease)
+                self._cut(lease)
 
     async def keep_name(self) -> None:
         """Claim or renew this gateway's name (every tick); once it is held and markers can

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThread
 
@@ -195,15 +195,20 @@ class CreditsRuntime:
         if self.redis is not None and hasattr(self.redis, "disconnect"):
             await self.redis.disconnect()
 
-    def wallet_cut(self, uid: str) -> None:
+    def wallet_cut(self, uid: str) -> Deferred:
         """An operator subtracted from, reconfigured or tried to remove the wallet of ``uid``
         (through this process's jCli, or anywhere: the cut is announced on the reload
         channel, :class:`~jasmin_credits.services.ReloadChannelListener`): this process's
         credit leases on it end at once. The wallet's raised lease epoch ends them at the
-        next check (every second) where the announcement was missed."""
+        next check (every second) where the announcement was missed.
+
+        Fires once their unused credit and messages are back in the wallet
+        (:meth:`~jasmin_credits.leasing.LeaseBook.end_wallet`): jCli answers after that, so
+        the next message is judged on the new limits and real usage only. Never fails."""
         leases = getattr(self.charger, "leases", None)
         if leases is not None:
-            leases.end_wallet(uid)
+            return leases.end_wallet(uid)
+        return succeed(None)
 
     # -- Jasmin seams -------------------------------------------------------------------
 

@@ -28,7 +28,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 NAMES = ("reserve", "settle", "outcome", "topup", "configure", "remove", "plan_set", "plan_run",
-         "lease_take", "lease_hold", "lease_link", "lease_end", "lease_epochs", "gateway_name")
+         "lease_take", "lease_hold", "lease_link", "lease_end", "lease_shrink", "lease_epochs",
+         "gateway_name")
 CALLS = {"outcome": ("settle",), "lease_link": ("lease_hold", "settle")}
 """Operations that run others (``ops[name](keys, args)``) inside the same script call."""
 

@@ -480,6 +480,22 @@ class CreditStore:
             [uid, lease_id, self.now_ms()], lazy)
         return left if status == OK else None
 
+    async def shrink_lease(self, uid: str, lease_id: str, credits: int,
+                           messages: int) -> tuple[int, int] | None:
+        """Cut lease ``lease_id`` down to the ``credits`` and ``messages`` its gateway held
+        on it (an operator's cut ended it in the gateway's memory), giving the rest back to
+        the wallet now rather than at its end marker, a second later: until then the unused
+        part would count against the wallet's limits. Answers ``(credits, messages)`` given
+        back (0, 0 for a repeat), or None if the lease was ended already (or its wallet
+        removed). Idempotent; the messages still on their way are then held from what the
+        lease kept (``lua/lease_shrink.lua``)."""
+        check_uid(uid)
+        status, given, given_msgs = await self._run(
+            "lease_shrink",
+            [self.keys.wallet(uid), self.keys.lease(uid, lease_id), self.keys.events(uid)],
+            [uid, lease_id, int(credits), int(messages), self.now_ms()])
+        return (given, given_msgs) if status == OK else None
+
     async def expired_leases(self, before_ms: int, limit: int = 500) -> list[tuple[str, str]]:
         """``(uid, lease id)`` of leases whose deadline is before ``before_ms``."""
         return _lease_members(await self._command(

@@ -93,10 +93,18 @@ class StubRuntime:
         self.reloads = 0
         self.cut: list[str] = []
         """Wallets whose credit leases jCli ended (:meth:`wallet_cut`)."""
+        self.cutting: defer.Deferred | None = None
+        """What :meth:`wallet_cut` answers (None: done at once), as the lease book's
+        shrinking of the ended leases in Redis."""
+        self.cut_called: defer.Deferred | None = None
+        """Fired the turn after :meth:`wallet_cut` (a test waits for the call)."""
         self._build()
 
-    def wallet_cut(self, uid: str) -> None:
+    def wallet_cut(self, uid: str) -> defer.Deferred:
         self.cut.append(uid)
+        if self.cut_called is not None:  # (the next turn: after what jCli does next)
+            reactor.callLater(0, self.cut_called.callback, uid)
+        return self.cutting or defer.succeed(None)
 
     def _build(self) -> None:
         self.pricer = Pricer(self.cards, "world", self.assignments["user"],
@@ -447,6 +455,39 @@ class CreditShowListTests(JCliTestCase):
         self.assertIn("messages in flight or credit leases open", out[0])
         self.assertIsNotNone(await self.store.wallet("alice"))
         self.assertEqual(self.runtime.cut, ["alice"])
+
+
+class CutAnswersAfterLeasesShrinkTests(JCliTestCase):
+    async def pending_answer(self, s: JCliSession, line: str) -> str:
+        """Type ``line`` while the lease book is still shrinking the ended leases: nothing
+        answered until it is done; then the answer."""
+        self.runtime.cutting, called = defer.Deferred(), defer.Deferred()
+        self.runtime.cut_called = called
+        s.transport.clear()
+        s.transport_proto.dataReceived(line.encode() + b"\r\n")
+        self.assertEqual(await called, "alice")  # (once Redis answered the store's call)
+        self.assertNotIn("Successfully", s.output())
+        self.runtime.cutting.callback(None)
+        await s.jcli.when_idle()
+        return s.output()
+
+    async def test_debit_answers_once_the_ended_leases_gave_their_unused_part_back(self):
+        """credit -t uid -N: the answer waits for runtime.wallet_cut, so the next message
+        is judged without the unused part of this gateway's ended leases."""
+        s = await self.session()
+        await s.run("credit -t alice 100")
+        self.assertIn("Successfully subtracted", await self.pending_answer(
+            s, "credit -t alice -25 correction"))
+
+    async def test_new_limits_answered_once_the_ended_leases_gave_their_unused_part_back(self):
+        """credit -u ... ok (QA: daily_messages lowered under an open lease): the answer
+        waits for runtime.wallet_cut."""
+        s = await self.session()
+        await s.run("credit -t alice 100")
+        await s.run("credit -u alice")
+        await s.run("daily_messages 60")
+        self.assertIn("Successfully updated credit settings of alice",
+                      await self.pending_answer(s, "ok"))
 
 
 class CreditSessionTests(JCliTestCase):

@@ -3,6 +3,7 @@ clock, settlement writing leased holds from tags, and the books after every path
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -669,3 +670,161 @@ class SettlementOfLeasedHoldsTests(TestCase):
             self.assertEqual(outcome, Outcome.MALFORMED, value)
         self.assertEqual(await books(self, store), (1000, 100, 100))
         self.assertEqual(await store.reservation(UID, ref), {})
+
+
+async def field(store, name: str, uid: str = UID) -> int:
+    """One integer field of ``uid``'s wallet hash (0 when absent)."""
+    value = await store._command("HGET", store.keys.wallet(uid), name)
+    return int(value or 0)
+
+
+async def settle_held(store, lid: str, refs: list[str], first_msgid: int = 1) -> None:
+    """What settlement does with leased messages' events: hold, link, then the SMSC's OK."""
+    for n, ref in enumerate(refs, first_msgid):
+        linked = await store.link_leased(UID, ref, f"m{n}", lid, PRICE, 1, 1, QUOTE)
+        assert linked.found
+        await store.settle_message(f"m{n}", True)
+
+
+class CutShrinksLeaseTests(TestCase):
+    """An operator's cut gives a lease's unused part back at once (``lua/lease_shrink.lua``):
+    the QA bug was ~1 s of false refusals and a false ``limit_reached`` after ``credit -u``
+    lowered a limit, the ended lease still counting whole against it until its marker."""
+
+    async def open_book(self):
+        """A wallet of 100,000 with 11 messages used today, and a book of 100-message
+        leases holding 3 of them in memory: (clock, store, book, lease, refs)."""
+        clock, store = await setup(self, balance=100_000)
+        for _ in range(11):
+            self.assertTrue((await store.reserve(UID, PRICE, 1)).ok)
+        book = LeaseBook(store, clock, Published(), messages=100)
+        periods, lease = await leased(store, book)
+        self.assertEqual((lease.credits, lease.messages), (100 * PRICE, 100))
+        for _ in range(2):
+            self.assertIs(book.hold(UID, PRICE, periods), lease)
+        refs = [new_ref(store.now_ms()) + str(n) for n in range(3)]
+        return clock, store, book, lease, refs
+
+    async def assert_next_message_accepted(self, store, limits: dict[str, int]):
+        await store.configure(UID, limits)
+        self.assertTrue((await store.reserve(UID, PRICE, 1)).ok)
+        events, _ = await store.events(UID)
+        self.assertNotIn("limit_reached", [e.type for e in events])
+
+    async def test_lower_message_limit_judges_the_next_message_on_real_usage(self):
+        """QA: lease open, daily_messages lowered to 60 with 14 used: the next message is
+        accepted at once (no 429 for a second) and no limit_reached is recorded."""
+        _, store, book, lease, refs = await self.open_book()
+        await settle_held(store, lease.id, refs[:1])
+        await store.configure(UID, {"lim:msgs:day": 60})
+        await book.end_wallet(UID)  # what jCli awaits before its answer
+        self.assertEqual(await field(store, "leased_msgs"), 2)  # the two on their way
+        await self.assert_next_message_accepted(store, {})
+        self.assertIsNone(book.hold(UID, PRICE, store.period_ids(store.now_ms())))
+
+    async def test_lower_credit_limit_judges_the_next_message_on_real_usage(self):
+        """QA with ``daily`` (a credit limit) lowered under the lease's whole credit."""
+        _, store, book, _, _ = await self.open_book()
+        await store.configure(UID, {"lim:credits:day": 20 * PRICE})
+        await book.end_wallet(UID)
+        self.assertEqual(await field(store, "leased"), 3 * PRICE)
+        await self.assert_next_message_accepted(store, {})
+
+    async def books_after_every_event(self, store, lease, refs, before: int,
+                                      debited: int = 0):
+        """Settle the lease's 3 messages (``before`` of them were settled before the shrink)
+        and its marker: each charged once from the lease, nothing left reserved or leased
+        (the 11 messages held one by one stay reserved),
+        the credit log summing to the balance."""
+        await settle_held(store, lease.id, refs[before:], first_msgid=before + 1)
+        self.assertEqual(await store.end_lease(UID, lease.id), 0)  # the marker: nothing left
+        self.assertEqual(await books(self, store),
+                         (100_000 - debited - 3 * PRICE, 11 * PRICE, 0))
+        self.assertEqual(await field(store, "leased_msgs"), 0)
+        charges = [e for e in (await store.log(UID, count=100))[0] if e.type == "charge"]
+        self.assertEqual(sorted(e.fields["msgid"] for e in charges), ["m1", "m2", "m3"])
+        events, _ = await store.events(UID)
+        self.assertNotIn("late_hold", [e.type for e in events])
+        usage = (await store.wallet(UID)).usage[0]
+        self.assertEqual((usage.credits, usage.msgs), (14 * PRICE, 14))
+
+    async def test_holds_settled_before_the_shrink_then_the_rest_then_the_marker(self):
+        """Two holds written before the cut, one after: the shrunk lease keeps exactly it."""
+        _, store, book, lease, refs = await self.open_book()
+        await settle_held(store, lease.id, refs[:2])
+        await store.configure(UID, {"lim:msgs:day": 60})
+        await book.end_wallet(UID)
+        self.assertEqual(await books(self, store),
+                         (100_000 - 2 * PRICE, 11 * PRICE + PRICE, PRICE))
+        await self.books_after_every_event(store, lease, refs, before=2)
+
+    async def test_holds_settled_after_the_shrink_then_the_marker(self):
+        """Every hold written after the shrink: the lease kept the 3 messages' credit."""
+        _, store, book, lease, refs = await self.open_book()
+        await store.top_up(UID, -PRICE, op_id="debit", actor="ops")
+        await book.end_wallet(UID)
+        self.assertEqual(await books(self, store),
+                         (100_000 - PRICE, 11 * PRICE + 3 * PRICE, 3 * PRICE))
+        await self.books_after_every_event(store, lease, refs, before=0, debited=PRICE)
+
+    async def test_shrink_is_idempotent_and_a_no_op_after_the_end(self):
+        """A repeated shrink gives nothing more; after the marker, nothing at all; a
+        message the gateway never queued comes back with the marker, once."""
+        _, store = await setup(self, balance=100_000)
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 1000, 100, least=PRICE, deadline_ms=deadline(store))
+        refs = [new_ref(store.now_ms()) + str(n) for n in range(2)]
+        for ref in refs:
+            await store.hold_leased(UID, ref, lid, PRICE, 1, 1, QUOTE)
+        # the gateway held 3 (one of them Jasmin will never queue)
+        self.assertEqual(await store.shrink_lease(UID, lid, 3 * PRICE, 3), (970, 97))
+        self.assertEqual(await store.shrink_lease(UID, lid, 3 * PRICE, 3), (0, 0))
+        self.assertEqual(await books(self, store), (100_000, 3 * PRICE, PRICE))
+        self.assertEqual(await field(store, "leased_msgs"), 1)
+        self.assertEqual(await store.end_lease(UID, lid), PRICE)
+        self.assertIsNone(await store.shrink_lease(UID, lid, 3 * PRICE, 3))
+        self.assertEqual(await books(self, store), (100_000, 2 * PRICE, 0))
+        self.assertEqual(await field(store, "leased_msgs"), 0)
+
+    async def test_shrink_never_gives_back_more_than_the_lease_has_left(self):
+        """Holds beyond what the gateway counted (a forged tag) leave it at zero: a later
+        one is held from the wallet (late_hold), charged once."""
+        _, store = await setup(self, balance=100_000)
+        lid = lease_id(store)
+        await store.take_lease(UID, lid, 1000, 100, least=PRICE, deadline_ms=deadline(store))
+        for n in range(2):
+            await store.hold_leased(UID, new_ref(store.now_ms()) + str(n), lid, PRICE, 1, 1,
+                                    QUOTE)
+        self.assertEqual(await store.shrink_lease(UID, lid, PRICE, 1), (980, 98))
+        self.assertEqual(await store.shrink_lease(UID, lid, 0, 0), (0, 0))
+        late = new_ref(store.now_ms()) + "x"
+        await store.hold_leased(UID, late, lid, PRICE, 1, 1, QUOTE)
+        self.assertEqual(await books(self, store), (100_000, 3 * PRICE, 0))
+        self.assertEqual(await store.end_lease(UID, lid), 0)
+        self.assertEqual(await field(store, "leased_msgs"), 0)
+        events, _ = await store.events(UID)
+        self.assertIn("late_hold", [e.type for e in events])
+
+    async def test_another_gateway_shrinks_on_its_epoch_check_and_jcli_waits_for_it(self):
+        """A gateway that learns of the cut by its epoch check (or the announcement) shrinks
+        its leases too; the cut's own end_wallet, finding them ended already, still waits
+        for that shrink (the announcement can beat jCli's answer from Redis)."""
+        _, store, book, lease, _ = await self.open_book()
+        gate: Deferred = Deferred()
+        real = store.shrink_lease
+
+        async def slow(*args):
+            await gate  # (Redis slow to answer)
+            return await real(*args)
+
+        store.shrink_lease = slow
+        await store.configure(UID, {"lim:msgs:day": 60})
+        await book.check_epochs()
+        self.assertEqual(book.open(), [])
+        cut = book.end_wallet(UID)
+        self.assertNoResult(cut)
+        gate.callback(None)
+        await cut
+        self.assertEqual((await field(store, "leased"), await field(store, "leased_msgs")),
+                         (3 * PRICE, 3))
+        await self.assert_next_message_accepted(store, {})

@@ -201,7 +201,8 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
         except UnknownWallet:
             raise self.no_wallet(uid) from None
         if units < 0:
-            self.runtime.wallet_cut(uid)  # no message more on credit leased before
+            # no message more on credit leased before; unused lease credit back first
+            await self.runtime.wallet_cut(uid)
         if units > 0:
             return (f"Successfully added {self.amount(units)} credits to {uid}:"
                     f" balance {self.amount(balance)}")
@@ -222,7 +223,7 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
         except UnknownWallet:
             raise CommandError(f"Error: user {uid} has no wallet") from None
         except ValueError:  # messages in flight or leases open: end this gateway's
-            self.runtime.wallet_cut(uid)
+            await self.runtime.wallet_cut(uid)
             raise
         return (f"Successfully removed the wallet of {uid} (balance was"
                 f" {self.amount(balance)}; its logs are kept)")
@@ -292,7 +293,9 @@ class CreditManager(PlanSessionMixin, AsyncManager, PersistableManager):
                 raise self.no_wallet(uid) from None
             finally:
                 self.saving = False
-            self.runtime.wallet_cut(uid)  # new limits apply to the next message
+            # new limits apply to the next message, on usage without this gateway's
+            # ended leases (their unused part given back before the answer)
+            await self.runtime.wallet_cut(uid)
             self.protocol.sendData(
                 f"Successfully updated credit settings of {uid}: {self._describe(settings)}",
                 prompt=False)
