@@ -74,6 +74,10 @@ class AmqpSettings:
     initial_retry_delay: float = 0.5
     max_retry_delay: float = 30.0
     """Cap of the exponential reconnection back-off, in seconds."""
+    publisher_confirms: bool = False
+    """Our launcher puts jasmind's own channel in publisher-confirm mode
+    (:mod:`jasmin_credits.amqp_confirms`): what the broker did not confirm when the
+    connection was lost is published again. Off by default: it slows window-1 ingest."""
 
     @classmethod
     def from_jasmin(cls, config: Any, **overrides: Any) -> AmqpSettings:

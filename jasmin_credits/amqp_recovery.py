@@ -35,9 +35,9 @@ factory says it is connected again (at most :data:`MAX_KEPT`): the SMSC's answer
 (``dlr.submit_sm_resp``) and receipts for messages jasmind still had in hand, MO messages.
 Jasmin alone logs and drops them; an answer dropped that way leaves its message sent and
 settled by ``unanswered_policy`` (a refund by default) instead of charged. (New messages are
-not published while disconnected: Jasmin refuses them first.) Messages, answers and receipts
-published on the lost connection that the broker had not confirmed go first
-(:mod:`jasmin_credits.amqp_confirms`).
+not published while disconnected: Jasmin refuses them first.) With ``confirms``, messages,
+answers and receipts published on the lost connection that the broker had not confirmed go
+first (:mod:`jasmin_credits.amqp_confirms`).
 
 Messages delivered on the old connection may still be in jasmind's hands (waiting for the
 SMSC's answer, or for a requeue timer). Acknowledging one on the new channel would name a
@@ -118,7 +118,7 @@ class AmqpRecovery:
 
     def __init__(self, factory: Any, components: Mapping[str, Any], clock: IReactorTime, *,
                  event_queues: EventQueues = (), existing_only: bool = False,
-                 timeout: float = RESTORE_TIMEOUT):
+                 confirms: bool = False, timeout: float = RESTORE_TIMEOUT):
         self.factory = factory
         self.components = components
         self.clock = clock
@@ -131,8 +131,10 @@ class AmqpRecovery:
         """What Jasmin published while disconnected, in order (``publish``'s arguments),
         after the answers and receipts its last connection did not confirm."""
         self.dropped = 0
+        self.use_confirms = confirms
         self.confirms: Confirms | None = None
-        """Publisher confirms on the current channel (:mod:`jasmin_credits.amqp_confirms`)."""
+        """Publisher confirms on the current channel (:mod:`jasmin_credits.amqp_confirms`),
+        if ``confirms``."""
         self._restoring: set[Any] = set()
         """The connections (txAMQP clients) a restoration is declaring on."""
         self._probe_channels = itertools.cycle(range(*PROBE_CHANNELS))
@@ -225,6 +227,8 @@ class AmqpRecovery:
     def _confirm(self) -> None:
         """Confirm mode on the factory's new channel, before anything is published on it;
         what the previous channel did not confirm is published first once restored."""
+        if not self.use_confirms:
+            return
         if self.confirms is not None:
             self.kept[:0] = self.confirms.unconfirmed()
         self.confirms = Confirms(self.factory.client, self.factory.chan, self.clock,

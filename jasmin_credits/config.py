@@ -367,6 +367,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Credit
         password=a.string("password", "guest"),
         heartbeat=a.integer("heartbeat", 0, 0, 3600),
         connect_timeout=a.seconds("connect_timeout", 5.0),
+        publisher_confirms=a.boolean("publisher_confirms", False),
     )
     a.finish()
 

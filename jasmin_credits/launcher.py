@@ -165,8 +165,10 @@ class CreditsJasminDaemon(JasminDaemon):
             queues, existing_only = event_queues(), False
         else:
             queues, existing_only = bindings(QueueNames()), True
+        config = getattr(self.runtime, "config", None)
         return AmqpRecovery(self.components["amqp-broker-factory"], self.components, reactor,
-                            event_queues=queues, existing_only=existing_only)
+                            event_queues=queues, existing_only=existing_only,
+                            confirms=config is not None and config.amqp.publisher_confirms)
 
     def startSMPPClientManagerPBService(self) -> Any:  # noqa: N802 - jasmind API
         """jasmind's SMPP client manager, then ``runtime.install_client_manager(manager)``.

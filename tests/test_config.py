@@ -187,3 +187,10 @@ def test_fuzzed_configs_load_or_fail_with_config_error(data):
 def test_settled_child_runs_below_jasmind_by_default(tmp_path):
     assert parse_config({}, "f.yaml", tmp_path).settlement.nice == 10
     assert parse_config({"settlement": {"nice": 0}}, "f.yaml", tmp_path).settlement.nice == 0
+
+
+def test_publisher_confirms_are_opt_in():
+    """Confirm mode on jasmind's channel costs ingest at window 1 (docs/benchmarks.md)."""
+    assert parse_config({}, "f.yaml").amqp.publisher_confirms is False
+    on = parse_config({"amqp": {"publisher_confirms": True}}, "f.yaml")
+    assert on.amqp.publisher_confirms is True
