@@ -30,7 +30,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 log = logging.getLogger("jasmin-credits")
 
@@ -101,12 +103,21 @@ class Confirms:
 
         def counting_publish(**args: Any) -> Any:
             self.published += 1
+            number = self.published
             if republished(args.get("routing_key", "")):
                 if len(self.pending) < MAX_PENDING:
-                    self.pending[self.published] = args
+                    self.pending[number] = args
                 else:
                     self.not_kept += 1
-            return basic_publish(**args)
+            result = basic_publish(**args)
+            if isinstance(result, Deferred) and result.called and isinstance(
+                    result.result, Failure):
+                # Never sent (the channel is closed): the caller sees the failure (Jasmin
+                # then refuses the message), so it must not go later; the broker did not
+                # number it either.
+                self.pending.pop(number, None)
+                self.published -= 1
+            return result
 
         client._unpack_frame, client.frame_received = unpack_frame, frame_received
         channel.basic_publish = counting_publish

@@ -25,6 +25,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredQueue
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from txamqp.client import Closed
 
 from jasmin_credits.amqp import declare_bound_queue, declare_exchange
 from jasmin_credits.amqp_recovery import AmqpRecovery, persistent
@@ -361,6 +362,24 @@ class ConfirmTests(TestCase):
         await eventually(lambda: not confirms.pending, what="all confirmed")
         self.assertEqual(confirms.published, 4)
         self.assertTrue(factory.connected)
+
+    async def test_a_publication_refused_at_once_is_not_kept(self):
+        """On a channel already closed (the broker closes it as it stops, before the
+        connection goes), the publish fails at once and Jasmin refuses the message: it must
+        not be published later, or a message told ESME_RSUBMITFAIL would be sent."""
+        server, factory, recovery, queue = await self._answers()
+        confirms = recovery.confirms
+        # a channel error (another queue's arguments) makes the broker close jasmind's channel
+        with self.assertRaises(Closed):
+            await factory.chan.queue_declare(queue=queue, durable=True,
+                                             arguments={"x-max-length": 1})
+        self.assertTrue(factory.connected)  # (only the channel is gone)
+        failed = []
+        factory.publish(exchange="messaging", routing_key=f"submit.sm.{CID}",
+                        content=SubmitSmContent("alice", b"pdu", f"submit.sm.resp.{CID}",
+                                                msgid="refused")).addErrback(failed.append)
+        self.assertEqual(len(failed), 1)
+        self.assertEqual((confirms.pending, confirms.published), ({}, 0))
 
     def _publish_submit_sm(self, factory: AmqpFactory) -> None:
         factory.publish(exchange="messaging", routing_key=f"submit.sm.{CID}",
