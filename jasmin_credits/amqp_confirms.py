@@ -42,8 +42,10 @@ the SMSCs' answers and receipts (not ``submit.sm.resp.<cid>``, see :func:`republ
 
 
 def republished(routing_key: str) -> bool:
-    """Whether a publication with ``routing_key`` is kept until confirmed."""
+    """Whether a publication with ``routing_key`` is kept until confirmed (and published
+    persistent: :func:`jasmin_credits.amqp_recovery.persistent`)."""
     return routing_key.startswith(REPUBLISHED) and not routing_key.startswith("submit.sm.resp.")
+
 
 MAX_PENDING = 10_000
 """Unconfirmed publications kept; past that, later ones are not kept (and counted in the

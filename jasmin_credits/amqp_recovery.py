@@ -63,7 +63,7 @@ from twisted.internet.interfaces import IReactorTime
 from txamqp.client import Closed
 
 from .amqp import EXCHANGE, declare_bound_queue, declare_exchange
-from .amqp_confirms import Confirms
+from .amqp_confirms import Confirms, republished
 
 log = logging.getLogger("jasmin-credits")
 
@@ -357,10 +357,6 @@ class AmqpRecovery:
             listener.submit_sm_errback)
 
 
-SETTLED_EVENTS = ("submit.sm.", "dlr.submit_sm_resp", "dlr.deliver_sm")
-"""Routing keys (starts) of what settlement reads from its durable queues."""
-
-
 def is_connector_queue(name: str) -> bool:
     """Whether ``name`` is a connector's queue, ``submit.sm.<cid>`` (not Jasmin's
     ``submit.sm.resp.<cid>``)."""
@@ -375,7 +371,7 @@ def persistent(args: dict[str, Any]) -> None:
     its message settled by ``unanswered_policy`` (a refund by default) instead of charged.
     Jasmin's own queues are not durable, so the mark changes nothing there."""
     key = args.get("routing_key", "")
-    if key.startswith(SETTLED_EVENTS) and not key.startswith("submit.sm.resp."):
+    if republished(key):  # (the same publications: what settlement and connectors read)
         content = args.get("content")
         properties = getattr(content, "properties", None)
         if properties is not None:
