@@ -312,7 +312,7 @@ class CreditTopUpTests(JCliTestCase):
             ("credit -r alice --since 2026-01-01", "-r/--remove does not take --since"),
             ("credit -l --csv /tmp/x.csv", "-l/--list does not take --csv"),
             ("credit -s alice bob", "-s/--show takes nothing more, got 'bob'"),
-            ("credit -r alice now", "-r/--remove takes nothing more, got 'now'"),
+            ("credit -l now", "-l/--list takes nothing more, got 'now'"),
             ("credit -u alice x", "-u/--update takes nothing more, got 'x'"),
         ):
             out = await s.run(line)
@@ -442,6 +442,13 @@ class CreditShowListTests(JCliTestCase):
         self.assertIn("wallet removed", row)
         self.assertEqual(lines_of(await s.run("credit -r alice")),
                          ["Error: user alice has no wallet"])
+        # the rest of the line is the reason (README: credit -r alice closed account)
+        await s.run("credit -t alice 2")
+        await s.run("credit -r alice closed account")
+        removed = [line for line in lines_of(await s.run("credit --log alice --type removed"))
+                   if " removed " in line]
+        self.assertEqual(len(removed), 2)
+        self.assertEqual(sum("closed account" in line for line in removed), 1)
         self.assertEqual(self.runtime.cut, [])
 
     async def test_remove_refused_while_messages_are_held(self):

@@ -59,7 +59,7 @@ CREDIT_ACTIONS = (
     Action("top_up", "top_up", text=True),
     Action("update", "update"),
     Action("plan", "plan"),
-    Action("remove", "remove"),
+    Action("remove", "remove", text=True),
     Action("log", "log", takes=_STREAM),
     Action("events", "events", takes=_STREAM),
 )
